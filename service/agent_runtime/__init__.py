@@ -1,0 +1,24 @@
+"""agent-runtime: serve Python agents over gRPC, with admission control,
+per-run events, Prometheus metrics and OpenTelemetry spans."""
+
+from .agent import Agent, AgentSpec, as_agent
+from .builder import AgentBuilder
+from .config import ConfigError, ServerConfig
+from .context import RunContext, current_run, emit_chunk, emit_event
+from .errors import (AgentError, AgentNotFound, AgentRuntimeError, Draining, InvalidInput,
+                     Overloaded, ProviderRejected, ProviderUnavailable, RunCancelled, RunTimeout,
+                     Unauthenticated)
+from .events import EventSink, EventType, RunEvent, RunStatus
+from .grpc.server import RuntimeServer, serve_main
+from .payload import Blob
+from .runner import Runner
+from .session import Session, SessionManager
+from .tools import Tool, tool
+
+__all__ = [
+    "Agent", "AgentBuilder", "AgentError", "AgentNotFound", "AgentRuntimeError", "AgentSpec", "Blob",
+    "ConfigError", "Draining", "EventSink", "EventType", "InvalidInput", "Overloaded",
+    "ProviderRejected", "ProviderUnavailable", "RunCancelled", "RunContext", "RunEvent", "RunStatus",
+    "RunTimeout", "Runner", "RuntimeServer", "ServerConfig", "Session", "SessionManager", "Tool",
+    "Unauthenticated", "as_agent", "current_run", "emit_chunk", "emit_event", "serve_main", "tool",
+]

@@ -1,0 +1,131 @@
+"""Admission control: slots, a bounded FIFO queue, a queue-wait limit, a per-user cap.
+
+A slot is held by a run from its start to its end. When slots are full a run
+waits in the queue (FIFO, slot handed over directly on release, so no late
+arrival can overtake a waiter); when the queue is full, the wait is too long or
+the user holds too many runs, admission refuses at once with `Overloaded`.
+Occupancy is kept as plain counters that metrics read at scrape time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+
+from .errors import Draining, Overloaded
+
+
+class Admission:
+    def __init__(self, limit: int = 0, *, max_queue: int = 0, queue_timeout: float = 30.0,
+                 per_user_limit: int = 0) -> None:
+        if limit < 0 or max_queue < 0 or per_user_limit < 0 or queue_timeout <= 0:
+            raise ValueError("limits must be >= 0 and queue_timeout > 0")
+        self.limit = limit
+        self.max_queue = max_queue
+        self.queue_timeout = queue_timeout
+        self.per_user_limit = per_user_limit
+        self.in_use = 0
+        self.running: dict[str, int] = {}
+        self.queued: dict[str, int] = {}
+        self.draining = False
+        self._waiters: deque[asyncio.Future] = deque()
+        self._per_user: dict[str, int] = {}
+        self._hold_ewma = 0.1
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiters)
+
+    async def acquire(self, user_id: str = "", label: str = "") -> float:
+        """Take a slot for a run of agent `label`; returns the seconds spent queued."""
+        if self.draining:
+            raise Draining("server is draining; retry on another replica")
+        if self.per_user_limit and user_id:
+            held = self._per_user.get(user_id, 0)
+            if held >= self.per_user_limit:
+                raise Overloaded(f"user {user_id!r} already has {held} runs "
+                                 f"(per-user limit {self.per_user_limit})",
+                                 retry_after=self._retry_after())
+            self._per_user[user_id] = held + 1
+        if not self.limit or (self.in_use < self.limit and not self._waiters):
+            self.in_use += 1
+            self.running[label] = self.running.get(label, 0) + 1
+            return 0.0
+        try:
+            waited = await self._wait(label)
+        except BaseException:
+            self._forget_user(user_id)
+            raise
+        self.running[label] = self.running.get(label, 0) + 1
+        return waited
+
+    async def _wait(self, label: str) -> float:
+        if len(self._waiters) >= self.max_queue:
+            raise Overloaded(f"over capacity: {self.in_use} runs in progress and "
+                             f"{len(self._waiters)} queued (max_queue {self.max_queue})",
+                             retry_after=self._retry_after())
+        slot = asyncio.get_running_loop().create_future()
+        self._waiters.append(slot)
+        self.queued[label] = self.queued.get(label, 0) + 1
+        started = time.perf_counter()
+        try:
+            async with asyncio.timeout(self.queue_timeout):
+                await slot
+        except TimeoutError:
+            if not self._got(slot):
+                raise Overloaded(f"no slot free within the queue wait limit of "
+                                 f"{self.queue_timeout:g}s", retry_after=self._retry_after()) from None
+        except BaseException:
+            if self._got(slot):
+                self._release_slot()
+            raise
+        finally:
+            self.queued[label] -= 1
+        return time.perf_counter() - started
+
+    def _got(self, slot: asyncio.Future) -> bool:
+        """Whether `slot` was handed over; if not, take it out of the queue."""
+        if slot.done() and not slot.cancelled() and slot.exception() is None:
+            return True
+        try:
+            self._waiters.remove(slot)
+        except ValueError:
+            pass
+        return False
+
+    def refuse_waiting(self) -> None:
+        """Fail every queued run with `Draining` (the drain deadline has passed)."""
+        waiters, self._waiters = self._waiters, deque()
+        for slot in waiters:
+            if not slot.done():
+                slot.set_exception(Draining("server shut down before a slot became free"))
+
+    def release(self, user_id: str = "", label: str = "", held_for: float = 0.0) -> None:
+        """Give back a slot taken by `acquire`; `held_for` feeds the retry hint."""
+        self._forget_user(user_id)
+        self.running[label] -= 1
+        self._hold_ewma += 0.05 * (held_for - self._hold_ewma)
+        self._release_slot()
+
+    def _release_slot(self) -> None:
+        waiters = self._waiters
+        while waiters:
+            slot = waiters.popleft()
+            if not slot.done():
+                slot.set_result(None)
+                return
+        self.in_use -= 1
+
+    def _forget_user(self, user_id: str) -> None:
+        if self.per_user_limit and user_id:
+            left = self._per_user[user_id] - 1
+            if left:
+                self._per_user[user_id] = left
+            else:
+                del self._per_user[user_id]
+
+    def _retry_after(self) -> float:
+        """Seconds a refused caller should wait: about one run's slot time per queue round."""
+        rounds = 1 + len(self._waiters) / max(self.limit, 1)
+        return min(max(self._hold_ewma * rounds, 0.05), 30.0)

@@ -1,0 +1,128 @@
+"""Server configuration: one frozen dataclass; each field is also a CLI flag and an
+`AGENT_RUNTIME_*` environment variable.
+
+Precedence, lowest first: defaults, the config file's `server:` section, the
+environment, the command line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+ENV_PREFIX = "AGENT_RUNTIME_"
+
+
+class ConfigError(ValueError):
+    """A setting is missing, malformed or out of range; the message names it."""
+
+
+def _opt(default: Any, help: str, *, flag: str | None = None, minimum: float | None = None) -> Any:
+    meta = {"help": help, "flag": flag, "minimum": minimum}
+    if isinstance(default, (list, tuple)):
+        return field(default=tuple(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    host: str = _opt("127.0.0.1", "address to listen on (0.0.0.0 or [::] for all interfaces)")
+    port: int = _opt(50051, "gRPC port; 0 picks a free port", minimum=0)
+    agents: tuple[str, ...] = _opt((), "agent to serve as module:attribute (repeatable); "
+                                   "the embedded echo agent when none is given", flag="--agent")
+    config_file: str = _opt("", "YAML or TOML file with agents and server settings", flag="--config")
+    max_concurrency: int = _opt(8, "runs executing at once; 0 = unlimited", minimum=0)
+    max_queue: int = _opt(100, "runs waiting for a slot before RESOURCE_EXHAUSTED", minimum=0)
+    queue_timeout: float = _opt(30.0, "seconds a run may wait for a slot", minimum=0.001)
+    per_user_limit: int = _opt(0, "runs one user_id may have running or queued; 0 = no cap", minimum=0)
+    run_timeout: float = _opt(0.0, "default time limit of a run in seconds; 0 = none", minimum=0)
+    drain_timeout: float = _opt(25.0, "seconds in-flight runs get to finish after SIGTERM", minimum=0)
+    cancel_grace: float = _opt(5.0, "seconds a cancelled agent gets before it is abandoned", minimum=0)
+    max_message_bytes: int = _opt(4 * 1024 * 1024, "largest request or response message", minimum=1024)
+    reflection: bool = _opt(True, "serve gRPC server reflection (for grpcurl)")
+    log_level: str = _opt("info", "debug, info, warning or error")
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            minimum = f.metadata.get("minimum")
+            if minimum is not None and getattr(self, f.name) < minimum:
+                raise ConfigError(f"{f.name} must be >= {minimum:g}, got {getattr(self, f.name)!r}")
+        if self.port > 65535:
+            raise ConfigError(f"port must be <= 65535, got {self.port}")
+        if self.log_level.lower() not in ("debug", "info", "warning", "error"):
+            raise ConfigError(f"log_level must be debug, info, warning or error, got {self.log_level!r}")
+
+    @classmethod
+    def load(cls, overrides: Mapping[str, Any] | None = None, *, environ: Mapping[str, str] | None = None,
+             file_settings: Mapping[str, Any] | None = None) -> "ServerConfig":
+        """Defaults < file settings < environment < `overrides` (from the command line)."""
+        values: dict[str, Any] = {}
+        for source, settings in (("config file", file_settings or {}),
+                                 ("environment", from_environ(os.environ if environ is None else environ)),
+                                 ("command line", overrides or {})):
+            for name, value in settings.items():
+                values[name] = coerce(name, value, source)
+        return cls(**values)
+
+    def replace(self, **changes: Any) -> "ServerConfig":
+        return dataclasses.replace(self, **changes)
+
+
+def fields() -> tuple[dataclasses.Field, ...]:
+    return dataclasses.fields(ServerConfig)
+
+
+def env_name(name: str) -> str:
+    return ENV_PREFIX + name.upper()
+
+
+def from_environ(environ: Mapping[str, str]) -> dict[str, str]:
+    return {f.name: environ[env_name(f.name)] for f in fields() if env_name(f.name) in environ}
+
+
+def _type_of(name: str) -> Any:
+    hints = typing.get_type_hints(ServerConfig)
+    if name not in hints:
+        raise ConfigError(f"unknown setting {name!r}; known: {', '.join(f.name for f in fields())}")
+    return hints[name]
+
+
+def coerce(name: str, value: Any, source: str = "") -> Any:
+    """`value` (a string from env/CLI, or a value from a file) as the field's type."""
+    kind = _type_of(name)
+    where = f" (from {source})" if source else ""
+    try:
+        if typing.get_origin(kind) is tuple:
+            if isinstance(value, str):
+                return tuple(part.strip() for part in value.split(",") if part.strip())
+            if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+                return tuple(value)
+            raise ValueError("expected a list of strings")
+        if kind is bool:
+            if isinstance(value, bool):
+                return value
+            text = str(value).strip().lower()
+            if text in ("1", "true", "yes", "on"):
+                return True
+            if text in ("0", "false", "no", "off"):
+                return False
+            raise ValueError("expected true or false")
+        if kind is int and isinstance(value, float) and not value.is_integer():
+            raise ValueError("expected a whole number")
+        if kind in (int, float) and isinstance(value, bool):
+            raise ValueError("expected a number")
+        return kind(value)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{name}{where}: {value!r} is not valid: {exc}") from None
+
+
+def flag_name(f: dataclasses.Field) -> str:
+    return f.metadata.get("flag") or "--" + f.name.replace("_", "-")
+
+
+def is_repeatable(f: dataclasses.Field) -> bool:
+    return isinstance(f.type, types.GenericAlias) or "tuple" in str(f.type)

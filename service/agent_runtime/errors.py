@@ -1,0 +1,61 @@
+"""Domain errors of the runtime.
+
+Every failure a caller can see is one of these; the gRPC layer maps each class to
+a status code through one table (`agent_runtime.grpc.status`), so no other code
+decides status codes.
+"""
+
+from __future__ import annotations
+
+
+class AgentRuntimeError(Exception):
+    """Base class: `message` is safe to show to a caller."""
+
+    def __init__(self, message: str, *, run_id: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+        self.run_id = run_id
+
+
+class InvalidInput(AgentRuntimeError):
+    """The request is malformed or its values are out of range."""
+
+
+class AgentNotFound(AgentRuntimeError):
+    """No agent of that name is served here."""
+
+
+class Overloaded(AgentRuntimeError):
+    """Admission refused the run: queue full, queue wait exceeded or per-user cap."""
+
+    def __init__(self, message: str, *, retry_after: float, run_id: str = "") -> None:
+        super().__init__(message, run_id=run_id)
+        self.retry_after = retry_after
+
+
+class Draining(AgentRuntimeError):
+    """The server is shutting down and admits no new runs."""
+
+
+class RunTimeout(AgentRuntimeError):
+    """The run passed its deadline and was cancelled."""
+
+
+class RunCancelled(AgentRuntimeError):
+    """The run was cancelled by its caller or by `CancelRun`."""
+
+
+class Unauthenticated(AgentRuntimeError):
+    """Credentials are missing or wrong."""
+
+
+class AgentError(AgentRuntimeError):
+    """The agent raised; the message is safe, the stack is in the log."""
+
+
+class ProviderUnavailable(AgentRuntimeError):
+    """The model provider is down, overloaded or unreachable."""
+
+
+class ProviderRejected(AgentRuntimeError):
+    """The model provider rejected the request as invalid."""

@@ -1,0 +1,101 @@
+"""Per-run events: small immutable records with a per-run sequence number.
+
+A run's events go to the sinks registered once at start-up (metrics, spans, logs)
+and, when somebody streams the run, to that caller's buffer. Nothing is built
+when neither is there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+from collections import deque
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Mapping, Protocol
+
+if TYPE_CHECKING:
+    from .context import RunContext
+
+
+class EventType(str, enum.Enum):
+    RUN_START = "run.start"
+    CHUNK = "chunk"
+    LLM_START = "llm.start"
+    LLM_END = "llm.end"
+    TOOL_START = "tool.start"
+    TOOL_END = "tool.end"
+    CUSTOM = "custom"
+    RUN_END = "run.end"
+
+
+class RunStatus(str, enum.Enum):
+    OK = "ok"
+    ERROR = "error"
+    CANCELLED = "cancelled"
+    TIMEOUT = "timeout"
+
+
+@dataclass(frozen=True, slots=True)
+class RunEvent:
+    """One thing that happened in a run.
+
+    `data` keys by type: run.start {queue_wait}; chunk {chunk}; llm.start {model};
+    llm.end {model, input_tokens, output_tokens, finish_reason}; tool.start
+    {tool, call_id, arguments}; tool.end {tool, call_id, status, result, error,
+    duration}; custom {name, data}; run.end {status, output, error, duration,
+    queue_wait, input_tokens, output_tokens}.
+    """
+
+    run: "RunContext"
+    seq: int
+    type: EventType
+    time: float
+    data: Mapping[str, Any]
+
+
+class EventSink(Protocol):
+    """Receives every event of every run, synchronously, in the run's own task.
+
+    It must be quick and must not raise (an exception is logged and dropped).
+    Because it runs in the run's task, it sees the run's contextvars.
+    """
+
+    def on_event(self, event: RunEvent) -> None: ...
+
+
+class EventBuffer:
+    """The caller's per-run stream: an unbounded FIFO with one waiting reader.
+
+    Producers never block (`put` is synchronous); producers that can wait (the
+    runner draining a streaming agent) call `wait_below` to get backpressure.
+    """
+
+    __slots__ = ("_items", "_reader", "_space", "high_water")
+
+    def __init__(self, high_water: int = 256) -> None:
+        self._items: deque[RunEvent] = deque()
+        self._reader: asyncio.Future | None = None
+        self._space: asyncio.Future | None = None
+        self.high_water = high_water
+
+    def put(self, event: RunEvent) -> None:
+        self._items.append(event)
+        reader = self._reader
+        if reader is not None and not reader.done():
+            reader.set_result(None)
+
+    async def get(self) -> RunEvent:
+        while not self._items:
+            self._reader = asyncio.get_running_loop().create_future()
+            await self._reader
+        event = self._items.popleft()
+        space = self._space
+        if space is not None and len(self._items) < self.high_water and not space.done():
+            space.set_result(None)
+        return event
+
+    async def wait_below(self) -> None:
+        """Wait until the reader has caught up below the high-water mark."""
+        while len(self._items) >= self.high_water:
+            self._space = asyncio.get_running_loop().create_future()
+            await self._space

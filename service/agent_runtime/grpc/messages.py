@@ -1,0 +1,199 @@
+"""Wire messages to and from the runtime's own types: requests in, events out."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
+
+from google.protobuf import duration_pb2, timestamp_pb2
+from google.protobuf.message import DecodeError
+
+from .._proto.agent_runtime.v1 import runtime_pb2 as pb
+from ..agent import AgentSpec
+from ..errors import AgentError, InvalidInput
+from ..events import EventType, RunEvent, RunStatus
+from ..payload import to_payload, to_python, to_value
+
+MAX_ID_CHARS = 256
+MAX_METADATA_ENTRIES = 64
+MAX_METADATA_KEY_CHARS = 256
+MAX_METADATA_VALUE_CHARS = 8192
+
+RUN_STATUS = {
+    RunStatus.OK: pb.RUN_STATUS_OK,
+    RunStatus.ERROR: pb.RUN_STATUS_ERROR,
+    RunStatus.CANCELLED: pb.RUN_STATUS_CANCELLED,
+    RunStatus.TIMEOUT: pb.RUN_STATUS_TIMEOUT,
+}
+
+
+class MalformedRequest:
+    """What the deserializer hands the servicer for bytes that are not the request type."""
+
+    __slots__ = ("reason",)
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+
+def parser(message_type: type) -> Callable[[bytes], Any]:
+    """A request deserializer that turns undecodable bytes into `MalformedRequest`
+    (answered INVALID_ARGUMENT) instead of gRPC's generic INTERNAL."""
+    parse = message_type.FromString
+
+    def deserialize(data: bytes) -> Any:
+        try:
+            return parse(data)
+        except (DecodeError, RecursionError) as exc:
+            return MalformedRequest(str(exc) or type(exc).__name__)
+
+    return deserialize
+
+
+@dataclass(frozen=True, slots=True)
+class RunRequest:
+    agent: str
+    session_id: str
+    user_id: str
+    input: Any
+    metadata: Mapping[str, str]
+    timeout: float | None
+
+
+def _checked_id(name: str, value: str) -> str:
+    if len(value) > MAX_ID_CHARS:
+        raise InvalidInput(f"{name} is longer than {MAX_ID_CHARS} characters")
+    return value
+
+
+def run_request(request: Any) -> RunRequest:
+    """Validate an InvokeRequest (or a MalformedRequest) into a RunRequest."""
+    if isinstance(request, MalformedRequest):
+        raise InvalidInput(f"request is not a valid InvokeRequest: {request.reason}")
+    metadata = request.metadata
+    if len(metadata) > MAX_METADATA_ENTRIES:
+        raise InvalidInput(f"metadata has {len(metadata)} entries; at most {MAX_METADATA_ENTRIES} are allowed")
+    for key, value in metadata.items():
+        if not key or len(key) > MAX_METADATA_KEY_CHARS or len(value) > MAX_METADATA_VALUE_CHARS:
+            raise InvalidInput(f"metadata keys must be 1-{MAX_METADATA_KEY_CHARS} characters and values "
+                               f"at most {MAX_METADATA_VALUE_CHARS}")
+    timeout = None
+    if request.HasField("timeout"):
+        duration = request.timeout
+        timeout = duration.seconds + duration.nanos / 1e9
+        if timeout <= 0 or abs(duration.nanos) >= 1_000_000_000:
+            raise InvalidInput("timeout must be a positive duration")
+    return RunRequest(
+        agent=_checked_id("agent", request.agent),
+        session_id=_checked_id("session_id", request.session_id),
+        user_id=_checked_id("user_id", request.user_id),
+        input=to_python(request.input),
+        metadata=dict(metadata) if metadata else {},
+        timeout=timeout)
+
+
+def output_payload(output: Any, run_id: str) -> pb.Payload:
+    try:
+        return to_payload(output)
+    except (TypeError, ValueError) as exc:
+        raise AgentError(f"the agent's output cannot be sent: {exc}", run_id=run_id) from None
+
+
+def usage(data: Mapping[str, Any]) -> pb.Usage:
+    return pb.Usage(input_tokens=data.get("input_tokens") or 0,
+                    output_tokens=data.get("output_tokens") or 0)
+
+
+def _duration(seconds: float) -> duration_pb2.Duration:
+    whole = int(seconds)
+    return duration_pb2.Duration(seconds=whole, nanos=int((seconds - whole) * 1e9))
+
+
+def _value(obj: Any) -> Any:
+    """Best-effort Value of event data (tool arguments and results): never fails."""
+    try:
+        return to_value(obj)
+    except (TypeError, ValueError, RecursionError):
+        return to_value(repr(obj))
+
+
+def _started(event: RunEvent, msg: pb.InvokeEvent) -> None:
+    run = event.run
+    msg.started.agent = run.agent
+    msg.started.session_id = run.session_id
+    msg.started.queue_wait.CopyFrom(_duration(event.data["queue_wait"]))
+    msg.started.trace_id = run.scratch.get("trace_id", "")
+
+
+def _chunk(event: RunEvent, msg: pb.InvokeEvent) -> None:
+    msg.chunk.CopyFrom(output_payload(event.data["chunk"], event.run.run_id))
+
+
+def _llm_started(event: RunEvent, msg: pb.InvokeEvent) -> None:
+    msg.llm_started.model = event.data.get("model", "")
+
+
+def _llm_ended(event: RunEvent, msg: pb.InvokeEvent) -> None:
+    data = event.data
+    msg.llm_ended.model = data.get("model", "")
+    msg.llm_ended.usage.CopyFrom(usage(data))
+    msg.llm_ended.finish_reason = data.get("finish_reason") or ""
+
+
+def _tool_started(event: RunEvent, msg: pb.InvokeEvent) -> None:
+    data = event.data
+    msg.tool_started.tool = data["tool"]
+    msg.tool_started.call_id = data.get("call_id", "")
+    msg.tool_started.arguments.CopyFrom(_value(data.get("arguments")))
+
+
+def _tool_ended(event: RunEvent, msg: pb.InvokeEvent) -> None:
+    data = event.data
+    ended = msg.tool_ended
+    ended.tool = data["tool"]
+    ended.call_id = data.get("call_id", "")
+    ended.status = RUN_STATUS[data["status"]]
+    if data["status"] is RunStatus.OK:
+        ended.result.CopyFrom(_value(data.get("result")))
+    ended.error = data.get("error", "")
+
+
+def _custom(event: RunEvent, msg: pb.InvokeEvent) -> None:
+    msg.custom.name = event.data["name"]
+    msg.custom.data.CopyFrom(_value(event.data.get("data")))
+
+
+def _ended(event: RunEvent, msg: pb.InvokeEvent) -> None:
+    data = event.data
+    ended = msg.ended
+    ended.status = RUN_STATUS[data["status"]]
+    if data["status"] is RunStatus.OK:
+        ended.output.CopyFrom(output_payload(data["output"], event.run.run_id))
+    ended.error = data["error"]
+    ended.usage.CopyFrom(usage(data))
+    ended.duration.CopyFrom(_duration(data["duration"]))
+
+
+_FILL = {
+    EventType.RUN_START: _started, EventType.CHUNK: _chunk, EventType.LLM_START: _llm_started,
+    EventType.LLM_END: _llm_ended, EventType.TOOL_START: _tool_started,
+    EventType.TOOL_END: _tool_ended, EventType.CUSTOM: _custom, EventType.RUN_END: _ended,
+}
+
+
+def event_message(event: RunEvent) -> pb.InvokeEvent:
+    seconds = int(event.time)
+    msg = pb.InvokeEvent(run_id=event.run.run_id, seq=event.seq,
+                         time=timestamp_pb2.Timestamp(seconds=seconds,
+                                                      nanos=int((event.time - seconds) * 1e9)))
+    _FILL[event.type](event, msg)
+    return msg
+
+
+def agent_info(spec: AgentSpec) -> pb.AgentInfo:
+    info = pb.AgentInfo(name=spec.name, description=spec.description, model=spec.model,
+                        streaming=spec.streaming)
+    for tool in spec.tools:
+        entry = info.tools.add(name=tool.name, description=tool.description)
+        entry.parameters.update(tool.parameters)
+    return info

@@ -1,0 +1,155 @@
+"""RuntimeServer: the gRPC server assembled around a SessionManager.
+
+It serves the AgentRuntime service, the standard health service (overall and
+per service) and reflection; `serve()` runs until SIGTERM/SIGINT and then
+drains: health NOT_SERVING, new runs UNAVAILABLE, runs in progress get
+`drain_timeout` seconds, the rest are cancelled. A second signal stops at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from typing import Any, Callable, Iterable
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio
+from grpc_reflection.v1alpha import reflection
+
+from ..config import ServerConfig
+from ..events import EventSink
+from ..session import SessionManager
+from .servicer import SERVICE_NAME, AgentRuntimeServicer, method_handlers
+
+logger = logging.getLogger("agent_runtime.server")
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+
+
+class RuntimeServer:
+    """Serves one or more agents over gRPC: `RuntimeServer(agent)` or `RuntimeServer([a, b], config=...)`."""
+
+    def __init__(self, agents: Any = None, config: ServerConfig | None = None, *,
+                 manager: SessionManager | None = None, sinks: Iterable[EventSink] = ()) -> None:
+        self.config = config if config is not None else ServerConfig.load()
+        cfg = self.config
+        if manager is None:
+            if agents is None:
+                from ..echo import echo_agent
+
+                agents = echo_agent
+            manager = SessionManager(
+                agents, max_concurrency=cfg.max_concurrency, max_queue=cfg.max_queue,
+                queue_timeout=cfg.queue_timeout, per_user_limit=cfg.per_user_limit,
+                default_timeout=cfg.run_timeout or None, cancel_grace=cfg.cancel_grace)
+        self.manager = manager
+        for sink in sinks:
+            manager.add_sink(sink)
+        self.health = health_aio.HealthServicer()
+        self.services: list[str] = [SERVICE_NAME]
+        self.port: int | None = None
+        self._server: grpc.aio.Server | None = None
+        self._stopped: asyncio.Event | None = None
+        self._shutdown_task: asyncio.Task | None = None
+
+    @property
+    def address(self) -> str:
+        if self.port is None:
+            raise RuntimeError("the server has not started")
+        return f"{self.config.host}:{self.port}"
+
+    def grpc_options(self) -> list[tuple[str, Any]]:
+        size = self.config.max_message_bytes
+        return [("grpc.max_receive_message_length", size), ("grpc.max_send_message_length", size),
+                ("grpc.so_reuseport", 0)]
+
+    async def start(self) -> str:
+        """Bind and start serving; returns the address (`host:port`)."""
+        if self._server is not None:
+            raise RuntimeError("the server has already started")
+        cfg = self.config
+        server = grpc.aio.server(options=self.grpc_options())
+        handlers = method_handlers(AgentRuntimeServicer(self.manager))
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
+        server.add_registered_method_handlers(SERVICE_NAME, handlers)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        served = [*self.services, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name]
+        if cfg.reflection:
+            reflection.enable_server_reflection([*served, reflection.SERVICE_NAME], server)
+        host = cfg.host if ":" not in cfg.host or cfg.host.startswith("[") else f"[{cfg.host}]"
+        try:
+            self.port = server.add_insecure_port(f"{host}:{cfg.port}")
+        except RuntimeError as exc:
+            raise OSError(f"cannot listen on {host}:{cfg.port}: {exc}") from None
+        await server.start()
+        self._server = server
+        self._stopped = asyncio.Event()
+        for service in ("", *self.services):
+            await self.health.set(service, SERVING)
+        logger.info("serving agents %s on %s", ", ".join(self.manager.agents), self.address)
+        return self.address
+
+    async def stop(self, drain_timeout: float | None = None) -> None:
+        """Drain, then stop; idempotent, and concurrent callers share one shutdown."""
+        if self._server is None:
+            return
+        if self._shutdown_task is None:
+            timeout = self.config.drain_timeout if drain_timeout is None else drain_timeout
+            self._shutdown_task = asyncio.ensure_future(self._shutdown(timeout))
+        await asyncio.shield(self._shutdown_task)
+
+    async def _shutdown(self, drain_timeout: float) -> None:
+        await self.health.enter_graceful_shutdown()
+        try:
+            cancelled = await self.manager.drain(drain_timeout)
+            logger.info("drained; %d runs were cancelled at the drain deadline", cancelled)
+        finally:
+            await self._server.stop(grace=1.0)
+            self._stopped.set()
+
+    async def abort(self) -> None:
+        """Stop at once: cancel every call in progress."""
+        if self._server is not None:
+            await self._server.stop(grace=0)
+            self._stopped.set()
+
+    async def wait_stopped(self) -> None:
+        await self._stopped.wait()
+
+    async def serve(self, announce: Callable[[str], None] | None = None) -> None:
+        """Start, announce the address, serve until SIGTERM/SIGINT, then drain and stop."""
+        address = await self.start()
+        (announce or _announce)(address)
+        loop = asyncio.get_running_loop()
+        signals = []
+
+        def on_signal(signum: int) -> None:
+            signals.append(signum)
+            if len(signals) == 1:
+                logger.info("%s received: draining for up to %gs (send again to stop at once)",
+                            signal.Signals(signum).name, self.config.drain_timeout)
+                asyncio.ensure_future(self.stop())
+            else:
+                logger.warning("second signal: stopping at once")
+                asyncio.ensure_future(self.abort())
+
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, on_signal, signum)
+        try:
+            await self.wait_stopped()
+        finally:
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(signum)
+            await self.abort()
+
+
+def _announce(address: str) -> None:
+    print(f"agent-runtime listening on {address}", file=sys.stdout, flush=True)
+
+
+async def serve_main(server: RuntimeServer) -> None:
+    """Serve `server` until SIGTERM/SIGINT (the seeds' entry point)."""
+    await server.serve()

@@ -1,0 +1,90 @@
+"""The AgentRuntime servicer: a thin skin over SessionManager.
+
+Each RPC is one session and one run; domain errors become status codes in
+`status.abort` and nowhere else.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, AsyncIterator
+
+import grpc
+
+from .._proto.agent_runtime.v1 import runtime_pb2 as pb
+from ..errors import AgentRuntimeError, InvalidInput
+from ..events import RunStatus
+from ..session import SessionManager
+from . import messages
+from .status import abort
+
+logger = logging.getLogger("agent_runtime.grpc")
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["AgentRuntime"].full_name
+
+
+def _timeout(requested: float | None, context: grpc.aio.ServicerContext) -> float | None:
+    remaining = context.time_remaining()
+    if remaining is None:
+        return requested
+    return remaining if requested is None else min(requested, remaining)
+
+
+class AgentRuntimeServicer:
+    def __init__(self, manager: SessionManager) -> None:
+        self.manager = manager
+
+    async def Invoke(self, request: Any, context: grpc.aio.ServicerContext) -> pb.InvokeResponse:
+        try:
+            req = messages.run_request(request)
+            async with self.manager.session(req.user_id, req.session_id) as session:
+                async with session.run(req.input, agent=req.agent, metadata=req.metadata,
+                                       timeout=_timeout(req.timeout, context)) as runner:
+                    output = await runner.result()
+            return pb.InvokeResponse(
+                run_id=runner.run_id, agent=runner.agent.name, session_id=session.session_id,
+                output=messages.output_payload(output, runner.run_id),
+                usage=pb.Usage(input_tokens=runner.input_tokens, output_tokens=runner.output_tokens),
+                trace_id=runner.context.scratch.get("trace_id", ""))
+        except AgentRuntimeError as exc:
+            await abort(context, exc)
+
+    async def InvokeStream(self, request: Any, context: grpc.aio.ServicerContext) -> None:
+        try:
+            req = messages.run_request(request)
+            async with self.manager.session(req.user_id, req.session_id) as session:
+                async with session.run(req.input, agent=req.agent, metadata=req.metadata,
+                                       timeout=_timeout(req.timeout, context)) as runner:
+                    async for event in runner.events():
+                        await context.write(messages.event_message(event))
+                    if runner.status is not RunStatus.OK:
+                        await runner.result()  # raises the run's error, for its status code
+        except AgentRuntimeError as exc:
+            await abort(context, exc)
+
+    async def ListAgents(self, request: Any, context: grpc.aio.ServicerContext) -> pb.ListAgentsResponse:
+        return pb.ListAgentsResponse(agents=[messages.agent_info(spec) for spec in self.manager.agents.values()])
+
+    async def CancelRun(self, request: Any, context: grpc.aio.ServicerContext) -> pb.CancelRunResponse:
+        if isinstance(request, messages.MalformedRequest) or not request.run_id:
+            await abort(context, InvalidInput("run_id is required"))
+        return pb.CancelRunResponse(cancelled=self.manager.cancel_run(request.run_id))
+
+
+def method_handlers(servicer: AgentRuntimeServicer) -> dict[str, grpc.RpcMethodHandler]:
+    """Handlers with request parsing that maps undecodable bytes to INVALID_ARGUMENT."""
+    parse = messages.parser
+    return {
+        "Invoke": grpc.unary_unary_rpc_method_handler(
+            servicer.Invoke, request_deserializer=parse(pb.InvokeRequest),
+            response_serializer=pb.InvokeResponse.SerializeToString),
+        "InvokeStream": grpc.unary_stream_rpc_method_handler(
+            servicer.InvokeStream, request_deserializer=parse(pb.InvokeRequest),
+            response_serializer=pb.InvokeEvent.SerializeToString),
+        "ListAgents": grpc.unary_unary_rpc_method_handler(
+            servicer.ListAgents, request_deserializer=parse(pb.ListAgentsRequest),
+            response_serializer=pb.ListAgentsResponse.SerializeToString),
+        "CancelRun": grpc.unary_unary_rpc_method_handler(
+            servicer.CancelRun, request_deserializer=parse(pb.CancelRunRequest),
+            response_serializer=pb.CancelRunResponse.SerializeToString),
+    }

@@ -1,0 +1,48 @@
+"""The one table from domain errors to gRPC status codes, and the abort that uses it."""
+
+from __future__ import annotations
+
+import grpc
+
+from ..errors import (AgentError, AgentNotFound, AgentRuntimeError, Draining, InvalidInput,
+                      Overloaded, ProviderRejected, ProviderUnavailable, RunCancelled, RunTimeout,
+                      Unauthenticated)
+
+RUN_ID_KEY = "agent-runtime-run-id"
+RETRY_PUSHBACK_KEY = "grpc-retry-pushback-ms"
+
+STATUS_CODES: dict[type[AgentRuntimeError], grpc.StatusCode] = {
+    InvalidInput: grpc.StatusCode.INVALID_ARGUMENT,
+    AgentNotFound: grpc.StatusCode.NOT_FOUND,
+    Overloaded: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    Draining: grpc.StatusCode.UNAVAILABLE,
+    RunTimeout: grpc.StatusCode.DEADLINE_EXCEEDED,
+    RunCancelled: grpc.StatusCode.CANCELLED,
+    Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
+    AgentError: grpc.StatusCode.INTERNAL,
+    ProviderUnavailable: grpc.StatusCode.UNAVAILABLE,
+    ProviderRejected: grpc.StatusCode.INVALID_ARGUMENT,
+}
+
+
+def status_code(exc: AgentRuntimeError) -> grpc.StatusCode:
+    for cls in type(exc).__mro__:
+        code = STATUS_CODES.get(cls)
+        if code is not None:
+            return code
+    return grpc.StatusCode.INTERNAL
+
+
+def trailing_metadata(exc: AgentRuntimeError) -> tuple[tuple[str, str], ...]:
+    """The run id of a failed run, and the retry hint of a refused one."""
+    metadata = []
+    if exc.run_id:
+        metadata.append((RUN_ID_KEY, exc.run_id))
+    if isinstance(exc, Overloaded):
+        metadata.append((RETRY_PUSHBACK_KEY, str(max(1, round(exc.retry_after * 1000)))))
+    return tuple(metadata)
+
+
+async def abort(context: grpc.aio.ServicerContext, exc: AgentRuntimeError) -> None:
+    """End the call with the status of `exc`; raises, as `context.abort` does."""
+    await context.abort(status_code(exc), exc.message, trailing_metadata=trailing_metadata(exc))

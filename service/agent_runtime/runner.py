@@ -1,0 +1,292 @@
+"""Runner: one run's lifecycle, from admission to its end event, exactly once.
+
+The agent runs in a task of its own, so the run can be cancelled, bounded by a
+deadline and, if the agent ignores cancellation, abandoned after a grace period
+with its slot freed. Whatever the outcome (ok, error, cancelled, timeout) the
+Runner emits `run.end` once and gives the slot back once.
+
+Cancellation contract for agent code: a run is cancelled by raising
+`asyncio.CancelledError` at an `await`; agents should let it propagate (after
+their own clean-up). An agent still running `cancel_grace` seconds later is
+abandoned: reported as ended, its slot freed, and logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from typing import TYPE_CHECKING, Any, AsyncIterator, Mapping
+
+from .agent import AgentSpec, CallKind
+from .context import RunContext, _set
+from .errors import AgentError, AgentRuntimeError, RunCancelled, RunTimeout
+from .events import EventBuffer, EventType, RunEvent, RunStatus
+
+if TYPE_CHECKING:
+    from .session import Session
+
+logger = logging.getLogger("agent_runtime.run")
+
+_END_STATUS = {RunTimeout: RunStatus.TIMEOUT, RunCancelled: RunStatus.CANCELLED}
+
+
+class Runner:
+    """Async context manager for one run: `async with session.run(input) as runner`."""
+
+    def __init__(self, session: "Session", agent: AgentSpec, input: Any, *,
+                 metadata: Mapping[str, str] | None = None, timeout: float | None = None) -> None:
+        self.session = session
+        self.manager = session.manager
+        self.agent = agent
+        self.input = input
+        self.metadata = metadata or {}
+        self.run_id = uuid.uuid4().hex
+        self.context: RunContext | None = None
+        self.status: RunStatus | None = None
+        self.queue_wait = 0.0
+        self.duration = 0.0
+        self.input_tokens = 0
+        self.output_tokens = 0
+        bounds = [t for t in (timeout, agent.timeout, self.manager.default_timeout) if t]
+        self._timeout = min(bounds) if bounds else None
+        self._deadline: float | None = None
+        self._task: asyncio.Task | None = None
+        self._done: asyncio.Future | None = None
+        self._buffer: EventBuffer | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._seq = 0
+        self._started = 0.0
+        self._cancel_status: RunStatus | None = None
+        self._ended = False
+        self._abandoned = False
+        self._admitted = False
+
+    # -- admission ---------------------------------------------------------
+    async def __aenter__(self) -> "Runner":
+        self.queue_wait = await self.manager.admission.acquire(self.session.user_id, self.agent.name)
+        self._admitted = True
+        self._started = time.perf_counter()
+        self.manager._runs[self.run_id] = self
+        return self
+
+    async def __aexit__(self, *exc_info: Any) -> None:
+        try:
+            task = self._task
+            if task is not None and not task.done() and not self._abandoned:
+                self._cancel(RunStatus.CANCELLED)
+                await asyncio.wait((task,), timeout=self.manager.cancel_grace)
+                if not task.done():
+                    self._abandon()
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        if self._admitted:
+            self._admitted = False
+            del self.manager._runs[self.run_id]
+            self.manager.admission.release(self.session.user_id, self.agent.name,
+                                           time.perf_counter() - self._started)
+        done = self._done
+        if done is not None and done.done() and not done.cancelled():
+            done.exception()  # retrieved: a failure nobody awaited is not an unhandled error
+
+    # -- the caller's side -------------------------------------------------
+    async def result(self) -> Any:
+        """Run the agent and return its output (chunks joined for a streaming agent)."""
+        if self._task is None:
+            self._start(streaming=False)
+        try:
+            return await self._done
+        except asyncio.CancelledError:
+            self._cancel_for_caller()
+            raise
+
+    async def events(self) -> AsyncIterator[RunEvent]:
+        """Run the agent and yield every event of the run, `run.start` to `run.end`."""
+        if self._task is not None:
+            raise RuntimeError("this run has already started")
+        buffer = self._buffer = EventBuffer()
+        self._start(streaming=True)
+        try:
+            while True:
+                event = await buffer.get()
+                yield event
+                if event.type is EventType.RUN_END:
+                    return
+        except (asyncio.CancelledError, GeneratorExit):
+            self._cancel_for_caller()
+            raise
+
+    async def result_stream(self) -> AsyncIterator[Any]:
+        """Run the agent and yield its output chunks as they come.
+
+        A non-streaming agent yields its whole output as one chunk. A run that
+        fails raises its error after the chunks it produced.
+        """
+        chunked = False
+        async for event in self.events():
+            if event.type is EventType.CHUNK:
+                chunked = True
+                yield event.data["chunk"]
+            elif event.type is EventType.RUN_END:
+                if event.data["status"] is not RunStatus.OK:
+                    await self._done
+                elif not chunked:
+                    yield event.data["output"]
+
+    def cancel(self) -> bool:
+        """Cancel this run (as `CancelRun` does); False when it is not running."""
+        if self._task is None or self._task.done():
+            return False
+        self._cancel(RunStatus.CANCELLED)
+        return True
+
+    # -- the run's own task --------------------------------------------------
+    def _start(self, streaming: bool) -> None:
+        if not self._admitted:
+            raise RuntimeError("use `async with session.run(...) as runner` before result()")
+        loop = asyncio.get_running_loop()
+        session = self.session
+        self.context = RunContext(self.run_id, self.agent.name, session.session_id,
+                                  session.user_id, self.metadata, streaming, self)
+        self._done = loop.create_future()
+        task = self._task = loop.create_task(self._execute())
+        task.add_done_callback(self._on_task_done)
+        if self._timeout is not None:
+            self._deadline = loop.time() + self._timeout
+            self._timer = loop.call_at(self._deadline, self._cancel, RunStatus.TIMEOUT)
+
+    async def _execute(self) -> Any:
+        _set(self.context)
+        self.emit(EventType.RUN_START, {"queue_wait": self.queue_wait})
+        status, output, error = RunStatus.ERROR, None, ""
+        try:
+            agent = self.agent
+            if agent.kind is CallKind.COROUTINE:
+                output = await agent.call(self.input)
+            elif agent.kind is CallKind.STREAM:
+                output = await self._drain(agent.call(self.input))
+            else:
+                output = await asyncio.to_thread(agent.call, self.input)
+            status = RunStatus.OK
+            return output
+        except asyncio.CancelledError:
+            status = self._cancel_status or RunStatus.CANCELLED
+            error = self._cancel_error().message
+            raise
+        except AgentRuntimeError as exc:
+            status = _END_STATUS.get(type(exc), RunStatus.ERROR)
+            error = exc.message
+            exc.run_id = exc.run_id or self.run_id
+            raise
+        except Exception as exc:
+            logger.exception("run %s of agent %r failed", self.run_id, agent.name)
+            error = (f"agent {agent.name!r} failed with {type(exc).__name__}; "
+                     f"see the server log for run {self.run_id}")
+            raise AgentError(error, run_id=self.run_id) from exc
+        finally:
+            self._end(status, output, error)
+
+    async def _drain(self, stream: Any) -> Any:
+        chunks = []
+        buffer = self._buffer
+        try:
+            async for chunk in stream:
+                chunks.append(chunk)
+                self.emit(EventType.CHUNK, {"chunk": chunk})
+                if buffer is not None:
+                    await buffer.wait_below()
+        finally:
+            await stream.aclose()
+        if all(isinstance(chunk, str) for chunk in chunks):
+            return "".join(chunks)
+        return chunks
+
+    def emit(self, type: EventType, data: Mapping[str, Any]) -> None:
+        """Record one event of this run and hand it to the sinks and the caller's stream."""
+        seq = self._seq
+        self._seq = seq + 1
+        if type is EventType.LLM_END:
+            self.input_tokens += data.get("input_tokens") or 0
+            self.output_tokens += data.get("output_tokens") or 0
+        sinks, buffer = self.manager.sinks, self._buffer
+        if not sinks and buffer is None:
+            return
+        event = RunEvent(self.context, seq, type, time.time(), data)
+        for sink in sinks:
+            try:
+                sink.on_event(event)
+            except Exception:
+                logger.exception("event sink %r failed on %s", sink, type.value)
+        if buffer is not None:
+            buffer.put(event)
+
+    def emit_chunk(self, chunk: Any) -> None:
+        self.emit(EventType.CHUNK, {"chunk": chunk})
+
+    def emit_custom(self, name: str, data: Any = None) -> None:
+        self.emit(EventType.CUSTOM, {"name": name, "data": data})
+
+    def _end(self, status: RunStatus, output: Any, error: str) -> None:
+        if self._ended:
+            return
+        self._ended = True
+        self.status = status
+        self.duration = time.perf_counter() - self._started
+        self.emit(EventType.RUN_END, {
+            "status": status, "output": output, "error": error, "duration": self.duration,
+            "queue_wait": self.queue_wait, "input_tokens": self.input_tokens,
+            "output_tokens": self.output_tokens})
+
+    # -- cancellation ------------------------------------------------------
+    def _on_task_done(self, task: asyncio.Task) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        done = self._done
+        if task.cancelled():
+            if not done.done():
+                done.set_exception(self._cancel_error())
+            return
+        exc = task.exception()
+        if done.done():
+            return
+        if exc is None:
+            done.set_result(task.result())
+        else:
+            done.set_exception(exc)
+
+    def _cancel_for_caller(self) -> None:
+        """The caller went away: a deadline that has passed makes it a timeout."""
+        deadline = self._deadline
+        late = deadline is not None and asyncio.get_running_loop().time() >= deadline - 0.005
+        self._cancel(RunStatus.TIMEOUT if late else RunStatus.CANCELLED)
+
+    def _cancel(self, status: RunStatus) -> None:
+        task = self._task
+        if task is None or task.done() or self._cancel_status is not None:
+            return
+        self._cancel_status = status
+        task.cancel()
+        asyncio.get_running_loop().call_later(self.manager.cancel_grace, self._abandon)
+
+    def _abandon(self) -> None:
+        """Free a run whose agent ignores cancellation; its task is left to finish alone."""
+        task = self._task
+        if task is None or task.done() or self._abandoned:
+            return
+        self._abandoned = True
+        error = self._cancel_error()
+        logger.error("run %s of agent %r ignored cancellation for %.1fs; abandoning it "
+                     "and freeing its slot", self.run_id, self.agent.name, self.manager.cancel_grace)
+        self._end(self._cancel_status or RunStatus.CANCELLED, None, error.message)
+        if not self._done.done():
+            self._done.set_exception(error)
+        self.manager._abandoned.add(task)
+        task.add_done_callback(self.manager._abandoned.discard)
+
+    def _cancel_error(self) -> AgentRuntimeError:
+        if self._cancel_status is RunStatus.TIMEOUT:
+            return RunTimeout(f"run exceeded its time limit of {self._timeout:g}s", run_id=self.run_id)
+        return RunCancelled("run was cancelled", run_id=self.run_id)

@@ -1,0 +1,129 @@
+"""SessionManager and Session: where runs are admitted.
+
+The SessionManager lives as long as the server. It knows the agents, owns the
+admission control (slots, queue, per-user cap) and the event sinks, and finds
+runs by id. A Session is one user's conversation; each `session.run(input)`
+is a Runner that holds a slot from its start to its end. The gRPC servicer is
+a thin skin over exactly this API, so Python and gRPC callers share limits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from typing import Any, Iterable, Mapping
+
+from .admission import Admission
+from .agent import AgentSpec, agents_from
+from .errors import AgentNotFound, InvalidInput
+from .events import EventSink
+from .runner import Runner
+
+logger = logging.getLogger("agent_runtime.session")
+
+
+class Session:
+    """One user's conversation; `async with manager.session(user_id=...) as session`."""
+
+    __slots__ = ("manager", "user_id", "session_id")
+
+    def __init__(self, manager: "SessionManager", user_id: str, session_id: str) -> None:
+        self.manager = manager
+        self.user_id = user_id
+        self.session_id = session_id
+
+    async def __aenter__(self) -> "Session":
+        return self
+
+    async def __aexit__(self, *exc_info: Any) -> None:
+        return None
+
+    def run(self, input: Any, *, agent: str | None = None, metadata: Mapping[str, str] | None = None,
+            timeout: float | None = None) -> Runner:
+        """A run of `agent` (optional when one agent is served) on `input`."""
+        return Runner(self, self.manager.agent(agent), input, metadata=metadata, timeout=timeout)
+
+
+class SessionManager:
+    """Admits runs of the served agents: `max_concurrency` slots (0 = unlimited),
+    a FIFO queue of at most `max_queue` runs waiting at most `queue_timeout`
+    seconds, and at most `per_user_limit` runs per user (0 = no cap).
+
+    The agents are given as one agent, a list or a name mapping; or, as in NeMo
+    Agent Toolkit, as `config` built by `shared_builder.build(config)`.
+    """
+
+    def __init__(self, agent: Any = None, *, config: Any = None, shared_builder: Any = None,
+                 max_concurrency: int = 8, max_queue: int = 100, queue_timeout: float = 30.0,
+                 per_user_limit: int = 0, default_timeout: float | None = None,
+                 cancel_grace: float = 5.0, sinks: Iterable[EventSink] = ()) -> None:
+        if agent is None:
+            if shared_builder is not None:
+                agent = shared_builder.build(config)
+            elif isinstance(config, Mapping):
+                from .builder import AgentBuilder
+
+                agent = AgentBuilder().build(config)
+            else:
+                agent = config
+        if agent is None:
+            raise ValueError("SessionManager needs an agent (or config and shared_builder)")
+        self.agents: dict[str, AgentSpec] = agents_from(agent)
+        self.admission = Admission(max_concurrency, max_queue=max_queue,
+                                   queue_timeout=queue_timeout, per_user_limit=per_user_limit)
+        self.default_timeout = default_timeout or None
+        self.cancel_grace = cancel_grace
+        self.sinks: list[EventSink] = list(sinks)
+        self._runs: dict[str, Runner] = {}
+        self._abandoned: set[asyncio.Task] = set()
+
+    @property
+    def max_concurrency(self) -> int:
+        return self.admission.limit
+
+    @property
+    def runs(self) -> Mapping[str, Runner]:
+        """Runs holding a slot now, by run id."""
+        return self._runs
+
+    def add_sink(self, sink: EventSink) -> None:
+        self.sinks.append(sink)
+
+    def session(self, user_id: str = "", session_id: str | None = None) -> Session:
+        return Session(self, user_id, session_id or uuid.uuid4().hex)
+
+    def agent(self, name: str | None = None) -> AgentSpec:
+        """The agent called `name`; with no name, the only agent served."""
+        if not name:
+            if len(self.agents) == 1:
+                return next(iter(self.agents.values()))
+            raise InvalidInput(f"this server serves several agents ({', '.join(self.agents)}); "
+                               "name one in the request's `agent` field")
+        try:
+            return self.agents[name]
+        except KeyError:
+            raise AgentNotFound(f"no agent named {name!r}; served agents: "
+                                f"{', '.join(self.agents)}") from None
+
+    def cancel_run(self, run_id: str) -> bool:
+        runner = self._runs.get(run_id)
+        return runner is not None and runner.cancel()
+
+    async def drain(self, timeout: float) -> int:
+        """Admit no new runs, let runs in progress or queued finish for `timeout`
+        seconds, then cancel the rest; returns how many were cancelled."""
+        admission = self.admission
+        admission.draining = True
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while (admission.in_use or admission.waiting) and loop.time() < deadline:
+            await asyncio.sleep(0.02)
+        admission.refuse_waiting()
+        leftover = [runner for runner in self._runs.values() if runner.cancel()]
+        if leftover:
+            logger.warning("drain timeout of %gs passed; cancelling %d runs", timeout, len(leftover))
+            end = loop.time() + self.cancel_grace + 0.1
+            while self._runs and loop.time() < end:
+                await asyncio.sleep(0.02)
+        return len(leftover)

@@ -1,0 +1,119 @@
+"""Shared fixtures: real servers on loopback port 0, in-process and as subprocesses.
+
+Tests import the package from this checkout (service/), also in subprocesses,
+whatever else is installed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, AsyncIterator, Callable
+
+import grpc
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SERVICE = ROOT / "service"
+sys.path.insert(0, str(SERVICE))
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(SERVICE), os.environ.get("PYTHONPATH")]))
+
+from agent_runtime import RuntimeServer, ServerConfig  # noqa: E402
+from agent_runtime._proto.agent_runtime.v1 import runtime_pb2, runtime_pb2_grpc  # noqa: E402
+
+LISTENING = re.compile(r"listening on (\S+):(\d+)")
+
+
+@pytest.fixture
+async def serve() -> AsyncIterator[Callable[..., Any]]:
+    """Start in-process RuntimeServers on 127.0.0.1:0: `server = await serve(agents, **settings)`;
+    every one is stopped at teardown."""
+    started: list[RuntimeServer] = []
+
+    async def start(agents: Any = None, *, sinks: Any = (), **settings: Any) -> RuntimeServer:
+        config = ServerConfig(host="127.0.0.1", port=0, **settings)
+        server = RuntimeServer(agents, config, sinks=sinks)
+        await server.start()
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        await server.abort()
+
+
+@pytest.fixture
+async def channel_to() -> AsyncIterator[Callable[[str], grpc.aio.Channel]]:
+    """Open aio channels to addresses; all closed at teardown."""
+    channels: list[grpc.aio.Channel] = []
+
+    def open_channel(address: str) -> grpc.aio.Channel:
+        channel = grpc.aio.insecure_channel(address)
+        channels.append(channel)
+        return channel
+
+    yield open_channel
+    for channel in channels:
+        await channel.close()
+
+
+def stub(channel: grpc.aio.Channel) -> runtime_pb2_grpc.AgentRuntimeStub:
+    return runtime_pb2_grpc.AgentRuntimeStub(channel)
+
+
+class ServerProcess:
+    """`python -m agent_runtime serve ...` as a subprocess; its address read from stdout."""
+
+    def __init__(self, args: list[str], env: dict[str, str] | None = None) -> None:
+        full_env = {**os.environ, **(env or {})}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "agent_runtime", "serve", "--host", "127.0.0.1", "--port", "0", *args],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=full_env, cwd=ROOT)
+        line = self.proc.stdout.readline()
+        match = LISTENING.search(line)
+        if not match:
+            self.proc.kill()
+            raise RuntimeError(f"server did not start: {line!r} {self.proc.stderr.read()}")
+        self.address = f"{match.group(1)}:{match.group(2)}"
+
+    def signal(self, signum: int = signal.SIGTERM) -> None:
+        self.proc.send_signal(signum)
+
+    def wait(self, timeout: float = 30) -> int:
+        return self.proc.wait(timeout)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        for stream in (self.proc.stdout, self.proc.stderr):
+            stream.close()
+
+
+@pytest.fixture
+def server_process() -> Callable[..., ServerProcess]:
+    procs: list[ServerProcess] = []
+
+    def start(*args: str, env: dict[str, str] | None = None) -> ServerProcess:
+        proc = ServerProcess(list(args), env)
+        procs.append(proc)
+        return proc
+
+    yield start
+    for proc in procs:
+        proc.stop()
+
+
+@pytest.fixture(scope="session")
+def grpcurl() -> str:
+    path = shutil.which("grpcurl", path=os.pathsep.join([str(Path(sys.executable).parent),
+                                                          os.environ.get("PATH", "")]))
+    if path is None:
+        pytest.fail("grpcurl is not installed: run scripts/install-test-deps")
+    return path
