@@ -43,6 +43,18 @@ class ServerConfig:
     drain_timeout: float = _opt(25.0, "seconds in-flight runs get to finish after SIGTERM", minimum=0)
     cancel_grace: float = _opt(5.0, "seconds a cancelled agent gets before it is abandoned", minimum=0)
     max_message_bytes: int = _opt(4 * 1024 * 1024, "largest request or response message", minimum=1024)
+    max_connection_age: float = _opt(300.0, "seconds after which a client connection is asked to go away "
+                                     "(GOAWAY), so clients reconnect and spread over new pods; 0 = never",
+                                     minimum=0)
+    max_connection_age_grace: float = _opt(0.0, "seconds calls in progress on an aged connection may still "
+                                           "take before it is closed; 0 = as long as they need", minimum=0)
+    keepalive_time: float = _opt(60.0, "seconds of idleness after which the server pings a client to find "
+                                 "dead connections; 0 = never", minimum=0)
+    keepalive_timeout: float = _opt(20.0, "seconds a keepalive ping may wait for its answer before the "
+                                    "connection is closed", minimum=0.001)
+    keepalive_permit_interval: float = _opt(10.0, "shortest interval at which clients may send keepalive "
+                                            "pings (also without calls) before the server calls it abuse",
+                                            minimum=0)
     reflection: bool = _opt(True, "serve gRPC server reflection (for grpcurl)")
     log_level: str = _opt("info", "debug, info, warning or error")
 

@@ -62,9 +62,24 @@ class RuntimeServer:
         return f"{self.config.host}:{self.port}"
 
     def grpc_options(self) -> list[tuple[str, Any]]:
-        size = self.config.max_message_bytes
-        return [("grpc.max_receive_message_length", size), ("grpc.max_send_message_length", size),
-                ("grpc.so_reuseport", 0)]
+        """Channel arguments of the server: message limits, connection age (so clients
+        behind a ClusterIP Service reconnect and spread over pods) and keepalive."""
+        cfg = self.config
+        size = cfg.max_message_bytes
+        options: list[tuple[str, Any]] = [
+            ("grpc.max_receive_message_length", size), ("grpc.max_send_message_length", size),
+            ("grpc.so_reuseport", 0),
+            ("grpc.keepalive_timeout_ms", _ms(cfg.keepalive_timeout)),
+            ("grpc.http2.min_ping_interval_without_data_ms", _ms(cfg.keepalive_permit_interval)),
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.max_pings_without_data", 0),
+        ]
+        if cfg.max_connection_age:
+            options.append(("grpc.max_connection_age_ms", _ms(cfg.max_connection_age)))
+            if cfg.max_connection_age_grace:
+                options.append(("grpc.max_connection_age_grace_ms", _ms(cfg.max_connection_age_grace)))
+        options.append(("grpc.keepalive_time_ms", _ms(cfg.keepalive_time) if cfg.keepalive_time else _NEVER_MS))
+        return options
 
     async def start(self) -> str:
         """Bind and start serving; returns the address (`host:port`)."""
@@ -144,6 +159,13 @@ class RuntimeServer:
             for signum in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(signum)
             await self.abort()
+
+
+_NEVER_MS = 2**31 - 1  # gRPC's "infinite" for millisecond channel arguments
+
+
+def _ms(seconds: float) -> int:
+    return round(seconds * 1000)
 
 
 def _announce(address: str) -> None:
