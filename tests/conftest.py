@@ -21,8 +21,11 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVICE = ROOT / "service"
+TESTS = ROOT / "tests"
 sys.path.insert(0, str(SERVICE))
-os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(SERVICE), os.environ.get("PYTHONPATH")]))
+# Subprocess servers import this checkout too, and the test agents (`agents_for_tests:...`).
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(SERVICE), str(TESTS),
+                                                         os.environ.get("PYTHONPATH")]))
 
 from agent_runtime import RuntimeServer, ServerConfig  # noqa: E402
 from agent_runtime._proto.agent_runtime.v1 import runtime_pb2, runtime_pb2_grpc  # noqa: E402

@@ -1,0 +1,145 @@
+"""Admission: the semaphore never overshoots, the queue is bounded, refusals are immediate."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+import pytest
+
+from agent_runtime import Draining, Overloaded, SessionManager
+from agent_runtime.admission import Admission
+from conftest import runtime_pb2 as pb
+from conftest import stub
+
+
+class Gauge:
+    """An agent that measures how many runs are inside it at once."""
+
+    def __init__(self, delay: float = 0.01) -> None:
+        self.inside = 0
+        self.peak = 0
+        self.calls = 0
+        self.delay = delay
+        self.name = "gauge"
+
+    async def run(self, input):
+        self.inside += 1
+        self.calls += 1
+        self.peak = max(self.peak, self.inside)
+        try:
+            await asyncio.sleep(self.delay)
+            return input
+        finally:
+            self.inside -= 1
+
+
+async def test_200_concurrent_grpc_runs_never_exceed_4(serve, channel_to):
+    agent = Gauge()
+    server = await serve(agent, max_concurrency=4, max_queue=200)
+    client = stub(channel_to(server.address))
+    replies = await asyncio.gather(*(client.Invoke(pb.InvokeRequest(input=pb.Payload(text=str(i))))
+                                     for i in range(200)))
+    assert sorted(int(r.output.text) for r in replies) == list(range(200))
+    assert agent.peak == 4 and agent.calls == 200
+    admission = server.manager.admission
+    assert admission.in_use == 0 and admission.waiting == 0 and admission.running["gauge"] == 0
+    assert not server.manager.runs
+
+
+async def test_full_queue_is_refused_at_once_with_retry_hint(serve, channel_to):
+    gate = asyncio.Event()
+
+    async def blocked(input):
+        await gate.wait()
+        return input
+
+    server = await serve(blocked, max_concurrency=2, max_queue=3)
+    client = stub(channel_to(server.address))
+    accepted = [asyncio.ensure_future(client.Invoke(pb.InvokeRequest(input=pb.Payload(text="x"))))
+                for _ in range(5)]
+    admission = server.manager.admission
+    while admission.in_use + admission.waiting < 5:
+        await asyncio.sleep(0.01)
+    for _ in range(3):
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await client.Invoke(pb.InvokeRequest(input=pb.Payload(text="x")), timeout=10)
+        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "max_queue 3" in err.value.details()
+        assert int(dict(err.value.trailing_metadata())["grpc-retry-pushback-ms"]) >= 1
+    gate.set()
+    assert len(await asyncio.gather(*accepted)) == 5
+    assert admission.in_use == 0
+
+
+async def test_queue_wait_limit(serve, channel_to):
+    gate = asyncio.Event()
+
+    async def blocked(input):
+        await gate.wait()
+        return input
+
+    server = await serve(blocked, max_concurrency=1, max_queue=5, queue_timeout=0.2)
+    client = stub(channel_to(server.address))
+    first = asyncio.ensure_future(client.Invoke(pb.InvokeRequest(input=pb.Payload(text="x"))))
+    while not server.manager.admission.in_use:
+        await asyncio.sleep(0.01)
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await client.Invoke(pb.InvokeRequest(input=pb.Payload(text="y")), timeout=10)
+    assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "queue wait limit" in err.value.details()
+    gate.set()
+    await first
+    assert server.manager.admission.in_use == 0 and server.manager.admission.waiting == 0
+
+
+async def test_fifo_handover_and_cancelled_waiter():
+    admission = Admission(1, max_queue=10, queue_timeout=5)
+    await admission.acquire("", "a")
+    order = []
+
+    async def waiter(tag):
+        await admission.acquire("", "a")
+        order.append(tag)
+        admission.release("", "a")
+
+    tasks = [asyncio.ensure_future(waiter(i)) for i in range(4)]
+    await asyncio.sleep(0.01)
+    tasks[1].cancel()
+    await asyncio.sleep(0.01)
+    assert admission.waiting == 3
+    admission.release("", "a")
+    await asyncio.gather(tasks[0], tasks[2], tasks[3])
+    assert order == [0, 2, 3]
+    assert admission.in_use == 0 and admission.waiting == 0 and admission.queued["a"] == 0
+
+
+async def test_per_user_cap():
+    admission = Admission(10, max_queue=10, per_user_limit=2)
+    await admission.acquire("alice", "a")
+    await admission.acquire("alice", "a")
+    with pytest.raises(Overloaded, match="per-user limit 2"):
+        await admission.acquire("alice", "a")
+    await admission.acquire("bob", "a")
+    admission.release("alice", "a")
+    await admission.acquire("alice", "a")
+    for user in ("alice", "alice", "bob"):
+        admission.release(user, "a")
+    assert admission.in_use == 0 and not admission._per_user
+
+
+async def test_unlimited_and_draining():
+    admission = Admission(0)
+    for _ in range(1000):
+        await admission.acquire("", "a")
+    assert admission.in_use == 1000
+    admission.draining = True
+    with pytest.raises(Draining):
+        await admission.acquire("", "a")
+
+
+def test_bad_limits_are_rejected():
+    with pytest.raises(ValueError):
+        Admission(-1)
+    with pytest.raises(ValueError):
+        SessionManager(lambda x: x, max_concurrency=2, queue_timeout=0)

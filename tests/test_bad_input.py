@@ -1,0 +1,117 @@
+"""Bad input gets a clear status and message; the server keeps serving."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+from google.protobuf import struct_pb2
+
+from conftest import runtime_pb2 as pb
+from conftest import stub
+
+
+async def invoke_error(client, request) -> grpc.aio.AioRpcError:
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await client.Invoke(request, timeout=10)
+    return err.value
+
+
+@pytest.fixture
+async def two_agents(serve, channel_to):
+    from agent_runtime.echo import echo_agent
+    from agents_for_tests import upper
+
+    server = await serve({"echo": echo_agent, "upper": upper})
+    return server, channel_to(server.address)
+
+
+def text(value: str, **fields) -> pb.InvokeRequest:
+    return pb.InvokeRequest(input=pb.Payload(text=value), **fields)
+
+
+@pytest.mark.parametrize("request_, code, message", [
+    (text("x", agent="nope"), grpc.StatusCode.NOT_FOUND, "no agent named 'nope'; served agents: echo, upper"),
+    (text("x"), grpc.StatusCode.INVALID_ARGUMENT, "name one in the request's `agent` field"),
+    (pb.InvokeRequest(agent="echo"), grpc.StatusCode.INVALID_ARGUMENT, "input is required"),
+    (pb.InvokeRequest(agent="echo", input=pb.Payload(structured=struct_pb2.Value())),
+     grpc.StatusCode.INVALID_ARGUMENT, "input.structured is an empty Value"),
+    (text("x", agent="echo", user_id="u" * 257), grpc.StatusCode.INVALID_ARGUMENT, "user_id is longer than 256"),
+    (text("x", agent="echo", metadata={f"k{i}": "v" for i in range(65)}),
+     grpc.StatusCode.INVALID_ARGUMENT, "metadata has 65 entries"),
+    (text("x", agent="echo", metadata={"": "v"}), grpc.StatusCode.INVALID_ARGUMENT, "metadata keys"),
+])
+async def test_bad_requests(two_agents, request_, code, message):
+    server, channel = two_agents
+    client = stub(channel)
+    err = await invoke_error(client, request_)
+    assert err.code() == code and message in err.details()
+    with pytest.raises(grpc.aio.AioRpcError) as stream_err:
+        async for _ in client.InvokeStream(request_):
+            pass
+    assert stream_err.value.code() == code
+    assert (await client.Invoke(text("still up", agent="upper"))).output.text == "STILL UP"
+    assert server.manager.admission.in_use == 0
+
+
+async def test_negative_timeout(two_agents):
+    _, channel = two_agents
+    request = text("x", agent="echo")
+    request.timeout.seconds = -1
+    err = await invoke_error(stub(channel), request)
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "positive duration" in err.details()
+
+
+@pytest.mark.parametrize("payload, reason", [
+    (b"\x22\x03\x0a\x01\xff", "invalid UTF-8 in input.text"),
+    (b"\xff\xff\xff", "truncated garbage"),
+    (b"\x0a\x05ab", "length past the end"),
+    (b"\x32\x02\x08\x05\x32", "wrong wire types"),
+])
+async def test_undecodable_bytes_are_invalid_argument(two_agents, payload, reason):
+    _, channel = two_agents
+    raw = channel.unary_unary("/agent_runtime.v1.AgentRuntime/Invoke")
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await raw(payload, timeout=10)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, reason
+    assert "not a valid InvokeRequest" in err.value.details()
+
+
+async def test_unknown_method_is_unimplemented(two_agents):
+    _, channel = two_agents
+    raw = channel.unary_unary("/agent_runtime.v1.AgentRuntime/Nope")
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await raw(b"", timeout=10)
+    assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
+async def test_output_without_wire_form_is_internal(serve, channel_to):
+    async def returns_object(input):
+        return object()
+
+    server = await serve(returns_object)
+    err = await invoke_error(stub(channel_to(server.address)), text("x"))
+    assert err.code() == grpc.StatusCode.INTERNAL
+    assert "output cannot be sent" in err.details() and "object" in err.details()
+
+
+async def test_agent_raising_domain_error_keeps_its_code(serve, channel_to):
+    from agent_runtime import InvalidInput
+
+    async def picky(input):
+        raise InvalidInput("give me a number")
+
+    server = await serve(picky)
+    err = await invoke_error(stub(channel_to(server.address)), text("x"))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and err.details() == "give me a number"
+    assert dict(err.trailing_metadata())["agent-runtime-run-id"]
+
+
+async def test_echo_tool_errors(serve, channel_to):
+    server = await serve()
+    client = stub(channel_to(server.address))
+    for obj, message in (({"tool": "nope"}, "echo has no tool 'nope'"),
+                         ({"tool": "reverse", "arguments": {"text": 5}}, "invalid arguments for tool 'reverse'")):
+        value = struct_pb2.Value()
+        value.struct_value.update(obj)
+        err = await invoke_error(client, pb.InvokeRequest(input=pb.Payload(structured=value)))
+        assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and message in err.details()

@@ -1,0 +1,105 @@
+"""A real server in a subprocess: unary and streaming calls for every payload kind."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+from google.protobuf import struct_pb2
+
+from conftest import runtime_pb2 as pb
+from conftest import stub
+
+SERVE_ARGS = ("--agent", "agent_runtime.echo:echo_agent", "--agent", "agents_for_tests:counting_stream",
+              "--agent", "agents_for_tests:failing")
+
+
+@pytest.fixture
+def served(server_process):
+    return server_process(*SERVE_ARGS)
+
+
+def structured(obj) -> pb.Payload:
+    value = struct_pb2.Value()
+    value.struct_value.update(obj)
+    return pb.Payload(structured=value)
+
+
+async def test_unary_text_structured_bytes(served, channel_to):
+    client = stub(channel_to(served.address))
+    text = await client.Invoke(pb.InvokeRequest(agent="echo", input=pb.Payload(text="héllo")))
+    assert text.output.text == "héllo" and text.agent == "echo"
+    data = await client.Invoke(pb.InvokeRequest(agent="echo", input=structured({"a": [1, 2.5, None, {"b": True}]})))
+    assert data.output.structured.struct_value["a"][3]["b"] is True
+    assert list(data.output.structured.struct_value["a"])[:2] == [1, 2.5]
+    blob = await client.Invoke(pb.InvokeRequest(
+        agent="echo", input=pb.Payload(binary=pb.Blob(data=b"\x00\xffpng", media_type="image/png"))))
+    assert blob.output.binary.data == b"\x00\xffpng" and blob.output.binary.media_type == "image/png"
+    run_ids = {text.run_id, data.run_id, blob.run_id}
+    assert len(run_ids) == 3 and all(len(r) == 32 for r in run_ids)
+
+
+async def test_stream_events_in_order(served, channel_to):
+    client = stub(channel_to(served.address))
+    events = [e async for e in client.InvokeStream(pb.InvokeRequest(
+        agent="counting_stream", session_id="s-1", input=pb.Payload(text="3")))]
+    kinds = [e.WhichOneof("event") for e in events]
+    assert kinds == ["started", "chunk", "chunk", "chunk", "ended"]
+    assert [e.seq for e in events] == list(range(5))
+    assert len({e.run_id for e in events}) == 1
+    assert [e.chunk.text for e in events[1:4]] == ["0 ", "1 ", "2 "]
+    assert events[0].started.agent == "counting_stream" and events[0].started.session_id == "s-1"
+    assert events[-1].ended.status == pb.RUN_STATUS_OK
+    assert events[-1].ended.output.text == "0 1 2 "
+
+
+async def test_stream_tool_events_of_echo(served, channel_to):
+    client = stub(channel_to(served.address))
+    request = structured({"tool": "reverse", "arguments": {"text": "abc"}})
+    events = [e async for e in client.InvokeStream(pb.InvokeRequest(agent="echo", input=request))]
+    kinds = [e.WhichOneof("event") for e in events]
+    assert kinds == ["started", "tool_started", "tool_ended", "ended"]
+    assert events[1].tool_started.tool == "reverse"
+    assert events[1].tool_started.arguments.struct_value["text"] == "abc"
+    assert events[2].tool_ended.status == pb.RUN_STATUS_OK
+    assert events[2].tool_ended.result.string_value == "cba"
+    assert events[3].ended.output.text == "cba"
+
+
+async def test_agent_failure_is_internal_with_safe_message(served, channel_to):
+    client = stub(channel_to(served.address))
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await client.Invoke(pb.InvokeRequest(agent="failing", input=pb.Payload(text="x")))
+    assert err.value.code() == grpc.StatusCode.INTERNAL
+    assert "secret internal detail" not in err.value.details()
+    assert "ValueError" in err.value.details()
+    run_id = dict(err.value.trailing_metadata())["agent-runtime-run-id"]
+    assert run_id in err.value.details()
+    call = client.InvokeStream(pb.InvokeRequest(agent="failing", input=pb.Payload(text="x")))
+    events = []
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        async for event in call:
+            events.append(event)
+    assert err.value.code() == grpc.StatusCode.INTERNAL
+    assert [e.WhichOneof("event") for e in events] == ["started", "ended"]
+    assert events[-1].ended.status == pb.RUN_STATUS_ERROR and "ValueError" in events[-1].ended.error
+
+
+async def test_list_agents(served, channel_to):
+    reply = await stub(channel_to(served.address)).ListAgents(pb.ListAgentsRequest())
+    by_name = {a.name: a for a in reply.agents}
+    assert set(by_name) == {"echo", "counting_stream", "failing"}
+    assert by_name["counting_stream"].streaming
+    assert by_name["echo"].tools[0].name == "reverse"
+    assert by_name["echo"].tools[0].parameters["required"] == ["text"]
+
+
+async def test_health_overall_and_per_service(served, channel_to):
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    health = health_pb2_grpc.HealthStub(channel_to(served.address))
+    for service in ("", "agent_runtime.v1.AgentRuntime"):
+        reply = await health.Check(health_pb2.HealthCheckRequest(service=service))
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await health.Check(health_pb2.HealthCheckRequest(service="no.such.Service"))
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
