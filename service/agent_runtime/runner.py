@@ -9,11 +9,18 @@ Cancellation contract for agent code: a run is cancelled by raising
 `asyncio.CancelledError` at an `await`; agents should let it propagate (after
 their own clean-up). An agent still running `cancel_grace` seconds later is
 abandoned: reported as ended, its slot freed, and logged.
+
+The slot is given back when the agent's task is done or abandoned, never
+earlier (not even when the caller is cancelled while waiting for that), so the
+agents executing at once never exceed the limit except for abandoned ones.
+Whatever an agent raises, `SystemExit` and `KeyboardInterrupt` included, ends
+its own run as an error and nothing else.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import time
 import uuid
@@ -54,8 +61,10 @@ class Runner:
         self._deadline: float | None = None
         self._task: asyncio.Task | None = None
         self._done: asyncio.Future | None = None
+        self._released: asyncio.Future | None = None
         self._buffer: EventBuffer | None = None
         self._timer: asyncio.TimerHandle | None = None
+        self._grace_timer: asyncio.TimerHandle | None = None
         self._seq = 0
         self._started = 0.0
         self._cancel_status: RunStatus | None = None
@@ -72,22 +81,27 @@ class Runner:
         return self
 
     async def __aexit__(self, *exc_info: Any) -> None:
-        try:
-            task = self._task
-            if task is not None and not task.done() and not self._abandoned:
-                self._cancel(RunStatus.CANCELLED)
-                await asyncio.wait((task,), timeout=self.manager.cancel_grace)
-                if not task.done():
-                    self._abandon()
-        finally:
+        task = self._task
+        if task is None:
             self._release()
+            return
+        self._cancel(RunStatus.CANCELLED)
+        released = self._released
+        if not released.done():
+            # Bounded: the task ends or is abandoned `cancel_grace` after the cancel.
+            # If this wait is cancelled, the slot is still freed then, not now.
+            await released
 
     def _release(self) -> None:
+        """Give the slot back, once; called when the run's task is done or abandoned."""
         if self._admitted:
             self._admitted = False
             del self.manager._runs[self.run_id]
             self.manager.admission.release(self.session.user_id, self.agent.name,
                                            time.perf_counter() - self._started)
+        released = self._released
+        if released is not None and not released.done():
+            released.set_result(None)
         done = self._done
         if done is not None and done.done() and not done.cancelled():
             done.exception()  # retrieved: a failure nobody awaited is not an unhandled error
@@ -152,24 +166,27 @@ class Runner:
         self.context = RunContext(self.run_id, self.agent.name, session.session_id,
                                   session.user_id, self.metadata, streaming, self)
         self._done = loop.create_future()
-        task = self._task = loop.create_task(self._execute())
-        task.add_done_callback(self._on_task_done)
+        self._released = loop.create_future()
+        # The run's own context: sinks see it on run.start and run.end, the agent runs in it.
+        context = contextvars.copy_context()
+        context.run(_set, self.context)
+        context.run(self.emit, EventType.RUN_START, {"queue_wait": self.queue_wait})
+        task = self._task = loop.create_task(self._execute(), context=context)
+        task.add_done_callback(self._on_task_done, context=context)
         if self._timeout is not None:
             self._deadline = loop.time() + self._timeout
             self._timer = loop.call_at(self._deadline, self._cancel, RunStatus.TIMEOUT)
 
     async def _execute(self) -> Any:
-        _set(self.context)
-        self.emit(EventType.RUN_START, {"queue_wait": self.queue_wait})
         status, output, error = RunStatus.ERROR, None, ""
+        agent = self.agent
         try:
-            agent = self.agent
             if agent.kind is CallKind.COROUTINE:
                 output = await agent.call(self.input)
             elif agent.kind is CallKind.STREAM:
                 output = await self._drain(agent.call(self.input))
             else:
-                output = await asyncio.to_thread(agent.call, self.input)
+                output = await self._in_thread(agent.call, self.input)
             status = RunStatus.OK
             return output
         except asyncio.CancelledError:
@@ -181,13 +198,27 @@ class Runner:
             error = exc.message
             exc.run_id = exc.run_id or self.run_id
             raise
-        except Exception as exc:
-            logger.exception("run %s of agent %r failed", self.run_id, agent.name)
+        except BaseException as exc:  # SystemExit, KeyboardInterrupt too: they end this run only
+            logger.error("run %s of agent %r failed", self.run_id, agent.name, exc_info=exc)
             error = (f"agent {agent.name!r} failed with {type(exc).__name__}; "
                      f"see the server log for run {self.run_id}")
             raise AgentError(error, run_id=self.run_id) from exc
         finally:
             self._end(status, output, error)
+
+    @staticmethod
+    async def _in_thread(call: Any, input: Any) -> Any:
+        """Run a plain function in a worker thread; a cancelled run waits for the
+        thread to return (it cannot be interrupted), or is abandoned after the grace."""
+        loop = asyncio.get_running_loop()
+        future = loop.run_in_executor(None, contextvars.copy_context().run, call, input)
+        try:
+            return await asyncio.shield(future)
+        except asyncio.CancelledError:
+            await asyncio.wait((future,))
+            if not future.cancelled():
+                future.exception()  # the run is cancelled: what the thread did is moot
+            raise
 
     async def _drain(self, stream: Any) -> Any:
         chunks = []
@@ -205,7 +236,11 @@ class Runner:
         return chunks
 
     def emit(self, type: EventType, data: Mapping[str, Any]) -> None:
-        """Record one event of this run and hand it to the sinks and the caller's stream."""
+        """Record one event of this run and hand it to the sinks and the caller's stream.
+
+        Events of an abandoned agent, after its run has ended, are dropped."""
+        if self._ended:
+            return
         seq = self._seq
         self._seq = seq + 1
         if type is EventType.LLM_END:
@@ -232,30 +267,34 @@ class Runner:
     def _end(self, status: RunStatus, output: Any, error: str) -> None:
         if self._ended:
             return
-        self._ended = True
         self.status = status
         self.duration = time.perf_counter() - self._started
         self.emit(EventType.RUN_END, {
             "status": status, "output": output, "error": error, "duration": self.duration,
             "queue_wait": self.queue_wait, "input_tokens": self.input_tokens,
             "output_tokens": self.output_tokens})
+        self._ended = True
 
     # -- cancellation ------------------------------------------------------
     def _on_task_done(self, task: asyncio.Task) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
+        for timer in (self._timer, self._grace_timer):
+            if timer is not None:
+                timer.cancel()
         done = self._done
         if task.cancelled():
+            # Also a task cancelled before its first step: its `finally` never ran.
+            error = self._cancel_error()
+            self._end(self._cancel_status or RunStatus.CANCELLED, None, error.message)
             if not done.done():
-                done.set_exception(self._cancel_error())
-            return
-        exc = task.exception()
-        if done.done():
-            return
-        if exc is None:
-            done.set_result(task.result())
+                done.set_exception(error)
         else:
-            done.set_exception(exc)
+            exc = task.exception()
+            if not done.done():
+                if exc is None:
+                    done.set_result(task.result())
+                else:
+                    done.set_exception(exc)
+        self._release()
 
     def _cancel_for_caller(self) -> None:
         """The caller went away: a deadline that has passed makes it a timeout."""
@@ -269,7 +308,7 @@ class Runner:
             return
         self._cancel_status = status
         task.cancel()
-        asyncio.get_running_loop().call_later(self.manager.cancel_grace, self._abandon)
+        self._grace_timer = asyncio.get_running_loop().call_later(self.manager.cancel_grace, self._abandon)
 
     def _abandon(self) -> None:
         """Free a run whose agent ignores cancellation; its task is left to finish alone."""
@@ -285,6 +324,7 @@ class Runner:
             self._done.set_exception(error)
         self.manager._abandoned.add(task)
         task.add_done_callback(self.manager._abandoned.discard)
+        self._release()
 
     def _cancel_error(self) -> AgentRuntimeError:
         if self._cancel_status is RunStatus.TIMEOUT:

@@ -87,6 +87,11 @@ class SessionManager:
         """Runs holding a slot now, by run id."""
         return self._runs
 
+    @property
+    def abandoned(self) -> int:
+        """Agents still executing after their runs were abandoned (they hold no slot)."""
+        return len(self._abandoned)
+
     def add_sink(self, sink: EventSink) -> None:
         self.sinks.append(sink)
 
