@@ -22,6 +22,8 @@ PROG = "agent-runtime"
 
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     for f in config_module.fields():
+        if f.metadata["secret"]:
+            continue
         flag = config_module.flag_name(f)
         help_text = f"{f.metadata['help']} [env {config_module.env_name(f.name)}]"
         if f.type in (bool, "bool"):
@@ -29,7 +31,7 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
                                 default=argparse.SUPPRESS, help=help_text)
         elif "tuple" in str(f.type):
             parser.add_argument(flag, dest=f.name, action="append", default=argparse.SUPPRESS,
-                                metavar="MODULE:ATTR", help=help_text)
+                                metavar=f.metadata["metavar"] or "MODULE:ATTR", help=help_text)
         else:
             parser.add_argument(flag, dest=f.name, default=argparse.SUPPRESS,
                                 metavar=f.name.upper(), help=f"{help_text} (default {f.default!r})")
@@ -78,7 +80,7 @@ def _new_loop() -> asyncio.AbstractEventLoop:
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    from .grpc.server import RuntimeServer
+    from .grpc.server import RuntimeServer, serve_main
 
     cfg, agents = load_server_config(args)
     logging.basicConfig(level=cfg.log_level.upper(), stream=sys.stderr,
@@ -88,8 +90,7 @@ def run_serve(args: argparse.Namespace) -> int:
     except (TypeError, ValueError) as exc:
         raise ConfigError(str(exc)) from None
     with asyncio.Runner(loop_factory=_new_loop) as runner:
-        runner.run(server.serve())
-    return 0
+        return runner.run(serve_main(server))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -21,11 +21,13 @@ class ConfigError(ValueError):
     """A setting is missing, malformed or out of range; the message names it."""
 
 
-def _opt(default: Any, help: str, *, flag: str | None = None, minimum: float | None = None) -> Any:
-    meta = {"help": help, "flag": flag, "minimum": minimum}
+def _opt(default: Any, help: str, *, flag: str | None = None, minimum: float | None = None,
+         metavar: str | None = None, secret: bool = False) -> Any:
+    """A setting; a `secret` one is kept out of repr and has no CLI flag (it would show in `ps`)."""
+    meta = {"help": help, "flag": flag, "minimum": minimum, "metavar": metavar, "secret": secret}
     if isinstance(default, (list, tuple)):
         return field(default=tuple(default), metadata=meta)
-    return field(default=default, metadata=meta)
+    return field(default=default, repr=not secret, metadata=meta)
 
 
 @dataclass(frozen=True)
@@ -55,7 +57,20 @@ class ServerConfig:
     keepalive_permit_interval: float = _opt(10.0, "shortest interval at which clients may send keepalive "
                                             "pings (also without calls) before the server calls it abuse",
                                             minimum=0)
-    reflection: bool = _opt(True, "serve gRPC server reflection (for grpcurl)")
+    max_concurrent_streams: int = _opt(0, "calls one client connection may have open at once (HTTP/2 "
+                                       "SETTINGS_MAX_CONCURRENT_STREAMS; calls over it are refused with "
+                                       "UNAVAILABLE); 0 = no limit", minimum=0)
+    reflection: bool = _opt(True, "serve gRPC server reflection (for grpcurl); switch off in production "
+                            "if the API should not be discoverable")
+    tls_cert: str = _opt("", "PEM certificate chain file: serve TLS (re-read when the file changes)")
+    tls_key: str = _opt("", "PEM private key file of tls_cert (re-read when the file changes)")
+    tls_client_ca: str = _opt("", "PEM CA bundle file: require client certificates it signed (mutual TLS)")
+    auth_token_file: str = _opt("", "file holding the bearer token callers must send as `authorization: "
+                                "Bearer <token>` (re-read when the file changes)")
+    auth_token: str = _opt("", "the bearer token itself (no flag: set it in the environment)", secret=True)
+    auth_exempt: tuple[str, ...] = _opt(("grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"),
+                                        "gRPC services callable without a token (repeatable)",
+                                        metavar="SERVICE")
     log_level: str = _opt("info", "debug, info, warning or error")
 
     def __post_init__(self) -> None:
@@ -65,6 +80,12 @@ class ServerConfig:
                 raise ConfigError(f"{f.name} must be >= {minimum:g}, got {getattr(self, f.name)!r}")
         if self.port > 65535:
             raise ConfigError(f"port must be <= 65535, got {self.port}")
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ConfigError("tls_cert and tls_key must be set together")
+        if self.tls_client_ca and not self.tls_cert:
+            raise ConfigError("tls_client_ca (mutual TLS) needs tls_cert and tls_key")
+        if self.auth_token and self.auth_token_file:
+            raise ConfigError(f"set either auth_token_file or {env_name('auth_token')}, not both")
         if self.log_level.lower() not in ("debug", "info", "warning", "error"):
             raise ConfigError(f"log_level must be debug, info, warning or error, got {self.log_level!r}")
 

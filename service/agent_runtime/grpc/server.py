@@ -3,13 +3,17 @@
 It serves the AgentRuntime service, the standard health service (overall and
 per service) and reflection; `serve()` runs until SIGTERM/SIGINT and then
 drains: health NOT_SERVING, new runs UNAVAILABLE, runs in progress get
-`drain_timeout` seconds, the rest are cancelled. A second signal stops at once.
+`drain_timeout` seconds, the rest are cancelled (each still ends with its end
+event). A second signal stops at once. TLS, mutual TLS and bearer-token auth are
+assembled here when configured (`tls.py`, `auth.py`); nothing is installed for
+them when they are off.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import sys
 from typing import Any, Callable, Iterable
@@ -22,11 +26,14 @@ from grpc_reflection.v1alpha import reflection
 from ..config import ServerConfig
 from ..events import EventSink
 from ..session import SessionManager
+from . import auth, tls
 from .servicer import SERVICE_NAME, AgentRuntimeServicer, method_handlers
 
 logger = logging.getLogger("agent_runtime.server")
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
+# Seconds calls get to send their last messages once every run has ended or been cancelled.
+FINAL_GRACE = 1.0
 
 
 class RuntimeServer:
@@ -79,6 +86,8 @@ class RuntimeServer:
             if cfg.max_connection_age_grace:
                 options.append(("grpc.max_connection_age_grace_ms", _ms(cfg.max_connection_age_grace)))
         options.append(("grpc.keepalive_time_ms", _ms(cfg.keepalive_time) if cfg.keepalive_time else _NEVER_MS))
+        if cfg.max_concurrent_streams:
+            options.append(("grpc.max_concurrent_streams", cfg.max_concurrent_streams))
         return options
 
     async def start(self) -> str:
@@ -86,7 +95,8 @@ class RuntimeServer:
         if self._server is not None:
             raise RuntimeError("the server has already started")
         cfg = self.config
-        server = grpc.aio.server(options=self.grpc_options())
+        credentials = tls.server_credentials(cfg)
+        server = grpc.aio.server(options=self.grpc_options(), interceptors=auth.interceptors(cfg))
         handlers = method_handlers(AgentRuntimeServicer(self.manager))
         server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
         server.add_registered_method_handlers(SERVICE_NAME, handlers)
@@ -96,7 +106,10 @@ class RuntimeServer:
             reflection.enable_server_reflection([*served, reflection.SERVICE_NAME], server)
         host = cfg.host if ":" not in cfg.host or cfg.host.startswith("[") else f"[{cfg.host}]"
         try:
-            self.port = server.add_insecure_port(f"{host}:{cfg.port}")
+            if credentials is None:
+                self.port = server.add_insecure_port(f"{host}:{cfg.port}")
+            else:
+                self.port = server.add_secure_port(f"{host}:{cfg.port}", credentials)
         except RuntimeError as exc:
             raise OSError(f"cannot listen on {host}:{cfg.port}: {exc}") from None
         await server.start()
@@ -117,39 +130,45 @@ class RuntimeServer:
         await asyncio.shield(self._shutdown_task)
 
     async def _shutdown(self, drain_timeout: float) -> None:
-        await self.health.enter_graceful_shutdown()
+        self.manager.admission.draining = True  # new runs are refused from this instant on
         try:
+            await self.health.enter_graceful_shutdown()
             cancelled = await self.manager.drain(drain_timeout)
             logger.info("drained; %d runs were cancelled at the drain deadline", cancelled)
         finally:
-            await self._server.stop(grace=1.0)
+            await self._server.stop(grace=FINAL_GRACE)
             self._stopped.set()
 
     async def abort(self) -> None:
         """Stop at once: cancel every call in progress."""
         if self._server is not None:
+            self.manager.admission.draining = True
             await self._server.stop(grace=0)
             self._stopped.set()
 
     async def wait_stopped(self) -> None:
         await self._stopped.wait()
 
-    async def serve(self, announce: Callable[[str], None] | None = None) -> None:
-        """Start, announce the address, serve until SIGTERM/SIGINT, then drain and stop."""
+    async def serve(self, announce: Callable[[str], None] | None = None) -> int:
+        """Start, announce the address, serve until SIGTERM/SIGINT, then drain and stop.
+
+        Returns the process exit code: 0 after a drain, 128 + the signal number
+        when a second signal cut the drain short."""
         address = await self.start()
         (announce or _announce)(address)
         loop = asyncio.get_running_loop()
-        signals = []
+        signals: list[int] = []
+        stopping: list[asyncio.Future] = []
 
         def on_signal(signum: int) -> None:
             signals.append(signum)
             if len(signals) == 1:
                 logger.info("%s received: draining for up to %gs (send again to stop at once)",
                             signal.Signals(signum).name, self.config.drain_timeout)
-                asyncio.ensure_future(self.stop())
-            else:
-                logger.warning("second signal: stopping at once")
-                asyncio.ensure_future(self.abort())
+                stopping.append(asyncio.ensure_future(self.stop()))
+            elif len(signals) == 2:
+                logger.warning("second signal (%s): stopping at once", signal.Signals(signum).name)
+                stopping.append(asyncio.ensure_future(self.abort()))
 
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, on_signal, signum)
@@ -159,6 +178,7 @@ class RuntimeServer:
             for signum in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(signum)
             await self.abort()
+        return 128 + signals[1] if len(signals) > 1 else 0
 
 
 _NEVER_MS = 2**31 - 1  # gRPC's "infinite" for millisecond channel arguments
@@ -172,6 +192,19 @@ def _announce(address: str) -> None:
     print(f"agent-runtime listening on {address}", file=sys.stdout, flush=True)
 
 
-async def serve_main(server: RuntimeServer) -> None:
-    """Serve `server` until SIGTERM/SIGINT (the seeds' entry point)."""
-    await server.serve()
+async def serve_main(server: RuntimeServer) -> int:
+    """Serve `server` until SIGTERM/SIGINT (the seeds' entry point); returns the exit code.
+
+    This is a process's main: agents still executing once the server has stopped
+    (abandoned ones that ignore cancellation, or runs cut short by a second
+    signal) cannot be waited for, so the process exits without them."""
+    code = await server.serve()
+    manager = server.manager
+    if manager.runs or manager.abandoned:
+        logger.error("exiting with %d agents still executing (they ignored cancellation)",
+                     len(manager.runs) + manager.abandoned)
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code

@@ -16,7 +16,7 @@ from ..errors import AgentRuntimeError, InvalidInput
 from ..events import RunStatus
 from ..session import SessionManager
 from . import messages
-from .status import abort
+from .status import abort, unexpected
 
 logger = logging.getLogger("agent_runtime.grpc")
 
@@ -35,6 +35,7 @@ class AgentRuntimeServicer:
         self.manager = manager
 
     async def Invoke(self, request: Any, context: grpc.aio.ServicerContext) -> pb.InvokeResponse:
+        runner = None
         try:
             req = messages.run_request(request)
             async with self.manager.session(req.user_id, req.session_id) as session:
@@ -48,8 +49,11 @@ class AgentRuntimeServicer:
                 trace_id=runner.context.scratch.get("trace_id", ""))
         except AgentRuntimeError as exc:
             await abort(context, exc)
+        except Exception as exc:
+            await abort(context, unexpected(exc, runner.run_id if runner is not None else ""))
 
     async def InvokeStream(self, request: Any, context: grpc.aio.ServicerContext) -> None:
+        runner = None
         try:
             req = messages.run_request(request)
             async with self.manager.session(req.user_id, req.session_id) as session:
@@ -61,6 +65,8 @@ class AgentRuntimeServicer:
                         await runner.result()  # raises the run's error, for its status code
         except AgentRuntimeError as exc:
             await abort(context, exc)
+        except Exception as exc:
+            await abort(context, unexpected(exc, runner.run_id if runner is not None else ""))
 
     async def ListAgents(self, request: Any, context: grpc.aio.ServicerContext) -> pb.ListAgentsResponse:
         return pb.ListAgentsResponse(agents=[messages.agent_info(spec) for spec in self.manager.agents.values()])

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import logging
+
 import grpc
 
 from ..errors import (AgentError, AgentNotFound, AgentRuntimeError, Draining, InvalidInput,
                       Overloaded, ProviderRejected, ProviderUnavailable, RunCancelled, RunTimeout,
                       Unauthenticated)
+
+logger = logging.getLogger("agent_runtime.grpc")
 
 RUN_ID_KEY = "agent-runtime-run-id"
 RETRY_PUSHBACK_KEY = "grpc-retry-pushback-ms"
@@ -46,3 +50,11 @@ def trailing_metadata(exc: AgentRuntimeError) -> tuple[tuple[str, str], ...]:
 async def abort(context: grpc.aio.ServicerContext, exc: AgentRuntimeError) -> None:
     """End the call with the status of `exc`; raises, as `context.abort` does."""
     await context.abort(status_code(exc), exc.message, trailing_metadata=trailing_metadata(exc))
+
+
+def unexpected(exc: Exception, run_id: str = "") -> AgentError:
+    """A failure of the runtime itself as the caller sees it: a safe message and the
+    run id; the stack goes to the log (never to the caller)."""
+    logger.error("call failed unexpectedly (run %s)", run_id or "not started", exc_info=exc)
+    where = f" in run {run_id}" if run_id else ""
+    return AgentError(f"internal error{where}; see the server log", run_id=run_id)
