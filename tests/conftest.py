@@ -11,6 +11,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -39,9 +40,12 @@ async def serve() -> AsyncIterator[Callable[..., Any]]:
     every one is stopped at teardown."""
     started: list[RuntimeServer] = []
 
-    async def start(agents: Any = None, *, sinks: Any = (), **settings: Any) -> RuntimeServer:
+    async def start(agents: Any = None, *, sinks: Any = (), registry: Any = None,
+                    tracer_provider: Any = None, **settings: Any) -> RuntimeServer:
+        settings.setdefault("metrics_port", 0)  # tests that want /metrics pass free_port()
         config = ServerConfig(host="127.0.0.1", port=0, **settings)
-        server = RuntimeServer(agents, config, sinks=sinks)
+        server = RuntimeServer(agents, config, sinks=sinks, registry=registry,
+                               tracer_provider=tracer_provider)
         await server.start()
         started.append(server)
         return server
@@ -66,6 +70,13 @@ async def channel_to() -> AsyncIterator[Callable[[str], grpc.aio.Channel]]:
         await channel.close()
 
 
+def free_port() -> int:
+    """A loopback TCP port free right now (for servers that cannot take port 0)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def stub(channel: grpc.aio.Channel) -> runtime_pb2_grpc.AgentRuntimeStub:
     return runtime_pb2_grpc.AgentRuntimeStub(channel)
 
@@ -76,7 +87,8 @@ class ServerProcess:
     def __init__(self, args: list[str], env: dict[str, str] | None = None) -> None:
         full_env = {**os.environ, **(env or {})}
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "agent_runtime", "serve", "--host", "127.0.0.1", "--port", "0", *args],
+            [sys.executable, "-m", "agent_runtime", "serve", "--host", "127.0.0.1", "--port", "0",
+             "--metrics-port", "0", *args],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=full_env, cwd=ROOT)
         line = self.proc.stdout.readline()
         match = LISTENING.search(line)

@@ -4,7 +4,7 @@ A slot is held by a run from its start to its end. When slots are full a run
 waits in the queue (FIFO, slot handed over directly on release, so no late
 arrival can overtake a waiter); when the queue is full, the wait is too long or
 the user holds too many runs, admission refuses at once with `Overloaded`.
-Occupancy is kept as plain counters that metrics read at scrape time.
+Occupancy and refusals are kept as plain counters that metrics read at scrape time.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ class Admission:
         self.in_use = 0
         self.running: dict[str, int] = {}
         self.queued: dict[str, int] = {}
+        self.rejected: dict[str, int] = {}
         self.draining = False
         self._waiters: deque[asyncio.Future] = deque()
         self._per_user: dict[str, int] = {}
@@ -38,24 +39,30 @@ class Admission:
         return len(self._waiters)
 
     async def acquire(self, user_id: str = "", label: str = "") -> float:
-        """Take a slot for a run of agent `label`; returns the seconds spent queued."""
-        if self.draining:
-            raise Draining("server is draining; retry on another replica")
-        if self.per_user_limit and user_id:
-            held = self._per_user.get(user_id, 0)
-            if held >= self.per_user_limit:
-                raise Overloaded(f"user {user_id!r} already has {held} runs "
-                                 f"(per-user limit {self.per_user_limit})",
-                                 retry_after=self._retry_after())
-            self._per_user[user_id] = held + 1
-        if not self.limit or (self.in_use < self.limit and not self._waiters):
-            self.in_use += 1
-            self.running[label] = self.running.get(label, 0) + 1
-            return 0.0
+        """Take a slot for a run of agent `label`; returns the seconds spent queued.
+
+        A refusal (`Overloaded`, `Draining`) is counted in `rejected[label]`."""
         try:
-            waited = await self._wait(label)
-        except BaseException:
-            self._forget_user(user_id)
+            if self.draining:
+                raise Draining("server is draining; retry on another replica")
+            if self.per_user_limit and user_id:
+                held = self._per_user.get(user_id, 0)
+                if held >= self.per_user_limit:
+                    raise Overloaded(f"user {user_id!r} already has {held} runs "
+                                     f"(per-user limit {self.per_user_limit})",
+                                     retry_after=self._retry_after())
+                self._per_user[user_id] = held + 1
+            if not self.limit or (self.in_use < self.limit and not self._waiters):
+                self.in_use += 1
+                self.running[label] = self.running.get(label, 0) + 1
+                return 0.0
+            try:
+                waited = await self._wait(label)
+            except BaseException:
+                self._forget_user(user_id)
+                raise
+        except (Overloaded, Draining):
+            self.rejected[label] = self.rejected.get(label, 0) + 1
             raise
         self.running[label] = self.running.get(label, 0) + 1
         return waited

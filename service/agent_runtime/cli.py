@@ -83,8 +83,11 @@ def run_serve(args: argparse.Namespace) -> int:
     from .grpc.server import RuntimeServer, serve_main
 
     cfg, agents = load_server_config(args)
-    logging.basicConfig(level=cfg.log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from .runlog import formatter
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(formatter(cfg.log_format))
+    logging.basicConfig(level=cfg.log_level.upper(), handlers=[handler])
     try:
         server = RuntimeServer(agents, cfg)
     except (TypeError, ValueError) as exc:

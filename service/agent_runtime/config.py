@@ -72,14 +72,19 @@ class ServerConfig:
                                         "gRPC services callable without a token (repeatable)",
                                         metavar="SERVICE")
     log_level: str = _opt("info", "debug, info, warning or error")
+    log_format: str = _opt("text", "log lines as text or json (one object a line)")
+    metrics_port: int = _opt(9464, "port of the Prometheus /metrics endpoint; 0 disables it", minimum=0)
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
             minimum = f.metadata.get("minimum")
             if minimum is not None and getattr(self, f.name) < minimum:
                 raise ConfigError(f"{f.name} must be >= {minimum:g}, got {getattr(self, f.name)!r}")
-        if self.port > 65535:
-            raise ConfigError(f"port must be <= 65535, got {self.port}")
+        for name in ("port", "metrics_port"):
+            if getattr(self, name) > 65535:
+                raise ConfigError(f"{name} must be <= 65535, got {getattr(self, name)}")
+        if self.log_format not in ("text", "json"):
+            raise ConfigError(f"log_format must be text or json, got {self.log_format!r}")
         if bool(self.tls_cert) != bool(self.tls_key):
             raise ConfigError("tls_cert and tls_key must be set together")
         if self.tls_client_ca and not self.tls_cert:

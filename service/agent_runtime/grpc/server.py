@@ -7,6 +7,12 @@ drains: health NOT_SERVING, new runs UNAVAILABLE, runs in progress get
 event). A second signal stops at once. TLS, mutual TLS and bearer-token auth are
 assembled here when configured (`tls.py`, `auth.py`); nothing is installed for
 them when they are off.
+
+Observability is assembled here too: Prometheus metrics into a registry (handed
+in, or made when `metrics_port` is set, and then served on `/metrics`), spans
+from a TracerProvider (handed in, or made from the OTEL_* environment), and a
+log line per run. Every RPC of every service is observed in its handler
+(instrument.py).
 """
 
 from __future__ import annotations
@@ -21,12 +27,16 @@ from typing import Any, Callable, Iterable
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
+from .. import tracing
 from ..config import ServerConfig
 from ..events import EventSink
+from ..metrics import GrpcMetrics, MetricsEndpoint, MetricsSink
+from ..runlog import RunLogSink
 from ..session import SessionManager
 from . import auth, tls
+from .instrument import ObservedRegistrar, RpcObserver
 from .servicer import SERVICE_NAME, AgentRuntimeServicer, method_handlers
 
 logger = logging.getLogger("agent_runtime.server")
@@ -40,7 +50,12 @@ class RuntimeServer:
     """Serves one or more agents over gRPC: `RuntimeServer(agent)` or `RuntimeServer([a, b], config=...)`."""
 
     def __init__(self, agents: Any = None, config: ServerConfig | None = None, *,
-                 manager: SessionManager | None = None, sinks: Iterable[EventSink] = ()) -> None:
+                 manager: SessionManager | None = None, sinks: Iterable[EventSink] = (),
+                 registry: Any = None, tracer_provider: Any = None) -> None:
+        """`registry` (a prometheus_client CollectorRegistry) and `tracer_provider` (an
+        OpenTelemetry TracerProvider) come from an embedding application; without them
+        a registry is made when `metrics_port` is set, and a provider when the OTEL_*
+        environment asks for trace export."""
         self.config = config if config is not None else ServerConfig.load()
         cfg = self.config
         if manager is None:
@@ -55,6 +70,24 @@ class RuntimeServer:
         self.manager = manager
         for sink in sinks:
             manager.add_sink(sink)
+        self.observers: list[RpcObserver] = []
+        if registry is None and cfg.metrics_port:
+            from prometheus_client import CollectorRegistry, ProcessCollector
+
+            registry = CollectorRegistry()
+            ProcessCollector(registry=registry)
+        self.registry = registry
+        if registry is not None:
+            manager.add_sink(MetricsSink(registry, manager))
+            self.observers.append(GrpcMetrics(registry))
+        self._own_tracer_provider = tracer_provider is None
+        self.tracer_provider = tracer_provider if tracer_provider is not None else tracing.provider_from_env()
+        if self.tracer_provider is not None:
+            tracer = self.tracer_provider.get_tracer(tracing.INSTRUMENTATION)
+            manager.add_sink(tracing.TracingSink(tracer))
+            self.observers.append(tracing.RpcTracer(tracer))
+        manager.add_sink(RunLogSink())
+        self.metrics: MetricsEndpoint | None = None
         self.health = health_aio.HealthServicer()
         self.services: list[str] = [SERVICE_NAME]
         self.port: int | None = None
@@ -97,13 +130,15 @@ class RuntimeServer:
         cfg = self.config
         credentials = tls.server_credentials(cfg)
         server = grpc.aio.server(options=self.grpc_options(), interceptors=auth.interceptors(cfg))
+        registrar = ObservedRegistrar(server, self.observers)
         handlers = method_handlers(AgentRuntimeServicer(self.manager))
-        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
-        server.add_registered_method_handlers(SERVICE_NAME, handlers)
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        registrar.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
+        registrar.add_registered_method_handlers(SERVICE_NAME, handlers)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, registrar)
         served = [*self.services, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name]
         if cfg.reflection:
-            reflection.enable_server_reflection([*served, reflection.SERVICE_NAME], server)
+            reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
+                reflection.aio.ReflectionServicer([*served, reflection.SERVICE_NAME]), registrar)
         host = cfg.host if ":" not in cfg.host or cfg.host.startswith("[") else f"[{cfg.host}]"
         try:
             if credentials is None:
@@ -112,6 +147,13 @@ class RuntimeServer:
                 self.port = server.add_secure_port(f"{host}:{cfg.port}", credentials)
         except RuntimeError as exc:
             raise OSError(f"cannot listen on {host}:{cfg.port}: {exc}") from None
+        if self.registry is not None and cfg.metrics_port:
+            self.metrics = MetricsEndpoint(self.registry, cfg.host, cfg.metrics_port)
+            try:
+                self.metrics.start()
+            except OSError:
+                await server.stop(grace=0)
+                raise
         await server.start()
         self._server = server
         self._stopped = asyncio.Event()
@@ -137,6 +179,7 @@ class RuntimeServer:
             logger.info("drained; %d runs were cancelled at the drain deadline", cancelled)
         finally:
             await self._server.stop(grace=FINAL_GRACE)
+            self._close_observability()
             self._stopped.set()
 
     async def abort(self) -> None:
@@ -144,7 +187,16 @@ class RuntimeServer:
         if self._server is not None:
             self.manager.admission.draining = True
             await self._server.stop(grace=0)
+            self._close_observability()
             self._stopped.set()
+
+    def _close_observability(self) -> None:
+        """Stop serving /metrics and flush spans of a provider this server made; idempotent."""
+        if self.metrics is not None:
+            self.metrics.stop()
+        if self._own_tracer_provider and self.tracer_provider is not None:
+            provider, self.tracer_provider = self.tracer_provider, None
+            provider.shutdown()
 
     async def wait_stopped(self) -> None:
         await self._stopped.wait()

@@ -48,8 +48,10 @@ def trailing_metadata(exc: AgentRuntimeError) -> tuple[tuple[str, str], ...]:
 
 
 async def abort(context: grpc.aio.ServicerContext, exc: AgentRuntimeError) -> None:
-    """End the call with the status of `exc`; raises, as `context.abort` does."""
-    await context.abort(status_code(exc), exc.message, trailing_metadata=trailing_metadata(exc))
+    """End the call with the status of `exc`; raises, as `context.abort` does. Trailing
+    metadata set before (the trace id, say) is kept."""
+    await context.abort(status_code(exc), exc.message,
+                        trailing_metadata=(*(context.trailing_metadata() or ()), *trailing_metadata(exc)))
 
 
 def unexpected(exc: Exception, run_id: str = "") -> AgentError:

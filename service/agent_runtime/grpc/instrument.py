@@ -1,0 +1,155 @@
+"""Observing every RPC (metrics, server spans) in the handler path, not an interceptor.
+
+Each method handler is wrapped once, when its service is registered, with the
+probes of every observer bound for that method; a call then costs the probes'
+own work and one extra frame. An aio `ServerInterceptor` would also await an
+interceptor coroutine and build a new handler per call (measured about 5 µs a
+call slower, see docs/observability.md). Services that register themselves
+(health, reflection) are handed an `ObservedRegistrar` in place of the server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from typing import Any, Iterable, Protocol, Sequence
+
+import grpc
+
+_OK = grpc.StatusCode.OK
+_BEHAVIORS = {  # (request streaming, response streaming) -> handler field and grpc_type label
+    (False, False): ("unary_unary", "unary"),
+    (False, True): ("unary_stream", "server_stream"),
+    (True, False): ("stream_unary", "client_stream"),
+    (True, True): ("stream_stream", "bidi_stream"),
+}
+
+
+class RpcProbe(Protocol):
+    """What one observer does around each call of one method."""
+
+    def begin(self, context: grpc.aio.ServicerContext) -> Any: ...
+
+    def end(self, token: Any, code: grpc.StatusCode) -> None: ...
+
+
+class RpcObserver(Protocol):
+    def method(self, service: str, method: str, grpc_type: str) -> RpcProbe: ...
+
+
+class _Probes:
+    """Several probes as one: begun in order, ended in reverse."""
+
+    __slots__ = ("probes",)
+
+    def __init__(self, probes: Sequence[RpcProbe]) -> None:
+        self.probes = tuple(probes)
+
+    def begin(self, context: grpc.aio.ServicerContext) -> list[Any]:
+        return [probe.begin(context) for probe in self.probes]
+
+    def end(self, tokens: list[Any], code: grpc.StatusCode) -> None:
+        for probe, token in zip(reversed(self.probes), reversed(tokens)):
+            probe.end(token, code)
+
+
+def _status(context: grpc.aio.ServicerContext) -> grpc.StatusCode:
+    return context.code() or _OK
+
+
+def _failure(exc: BaseException, context: grpc.aio.ServicerContext) -> grpc.StatusCode:
+    """The status a call that raised `exc` ends with."""
+    code = context.code()
+    if code is not None:
+        return code  # aborted, or set by the handler before it raised
+    if isinstance(exc, (asyncio.CancelledError, GeneratorExit)):
+        remaining = context.time_remaining()
+        return (grpc.StatusCode.DEADLINE_EXCEEDED if remaining is not None and remaining <= 0
+                else grpc.StatusCode.CANCELLED)
+    return grpc.StatusCode.UNKNOWN
+
+
+def _observed(behavior: Any, probe: RpcProbe) -> Any:
+    if inspect.isasyncgenfunction(behavior):
+        async def observed_stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            token = probe.begin(context)
+            code = _OK
+            try:
+                async for response in behavior(request, context):
+                    yield response
+                code = _status(context)
+            except BaseException as exc:
+                code = _failure(exc, context)
+                raise
+            finally:
+                probe.end(token, code)
+
+        return observed_stream
+
+    async def observed(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        token = probe.begin(context)
+        code = _OK
+        try:
+            response = await behavior(request, context)
+            code = _status(context)
+            return response
+        except BaseException as exc:
+            code = _failure(exc, context)
+            raise
+        finally:
+            probe.end(token, code)
+
+    return observed
+
+
+def observe_handler(handler: grpc.RpcMethodHandler, service: str, method: str,
+                    observers: Sequence[RpcObserver]) -> grpc.RpcMethodHandler:
+    """`handler` with its behavior wrapped in the probes of `observers` for this method."""
+    field, grpc_type = _BEHAVIORS[(bool(handler.request_streaming), bool(handler.response_streaming))]
+    probes = [observer.method(service, method, grpc_type) for observer in observers]
+    probe = probes[0] if len(probes) == 1 else _Probes(probes)
+    return handler._replace(**{field: _observed(getattr(handler, field), probe)})
+
+
+class _ObservedGenericHandler(grpc.GenericRpcHandler):
+    """A generic handler whose handlers are observed; each wrapped once, on first use."""
+
+    def __init__(self, inner: grpc.GenericRpcHandler, registrar: "ObservedRegistrar") -> None:
+        self.inner = inner
+        self.registrar = registrar
+
+    def service(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
+        handler = self.inner.service(details)
+        if handler is None:
+            return None
+        _, service, method = details.method.split("/", 2)
+        return self.registrar.observed(handler, service, method)
+
+
+class ObservedRegistrar:
+    """Stands in for the server when services register their handlers: registers them
+    on `server` with every method observed by `observers` (nothing is wrapped when
+    there are none)."""
+
+    def __init__(self, server: grpc.aio.Server, observers: Iterable[RpcObserver]) -> None:
+        self.server = server
+        self.observers = tuple(observers)
+        self._wrapped: dict[int, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
+
+    def observed(self, handler: grpc.RpcMethodHandler, service: str, method: str) -> grpc.RpcMethodHandler:
+        if not self.observers:
+            return handler
+        known = self._wrapped.get(id(handler))
+        if known is None:
+            known = self._wrapped[id(handler)] = (
+                handler, observe_handler(handler, service, method, self.observers))
+        return known[1]
+
+    def add_registered_method_handlers(self, service: str, handlers: dict[str, grpc.RpcMethodHandler]) -> None:
+        self.server.add_registered_method_handlers(
+            service, {name: self.observed(handler, service, name) for name, handler in handlers.items()})
+
+    def add_generic_rpc_handlers(self, generic_handlers: Iterable[grpc.GenericRpcHandler]) -> None:
+        if self.observers:
+            generic_handlers = [_ObservedGenericHandler(h, self) for h in generic_handlers]
+        self.server.add_generic_rpc_handlers(tuple(generic_handlers))

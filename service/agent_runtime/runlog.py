@@ -1,0 +1,70 @@
+"""Structured logs: one line per run end, and a JSON formatter for `--log-format json`.
+
+`RunLogSink` logs each run's end on the `agent_runtime.runs` logger with its
+fields (run id, trace id, agent, status, duration, queue wait) in `record.fields`:
+`JsonFormatter` writes them as top-level keys, `TextFormatter` as `key=value`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import datetime, timezone
+
+from .events import EventType, RunEvent, RunStatus
+
+logger = logging.getLogger("agent_runtime.runs")
+
+LOG_FORMATS = ("text", "json")
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+class RunLogSink:
+    """Logs one line per run end: INFO when it succeeded, WARNING otherwise."""
+
+    def on_event(self, event: RunEvent) -> None:
+        if event.type is not EventType.RUN_END:
+            return
+        data = event.data
+        status = data["status"]
+        level = logging.INFO if status is RunStatus.OK else logging.WARNING
+        if not logger.isEnabledFor(level):
+            return
+        run = event.run
+        fields = {"run_id": run.run_id, "trace_id": run.scratch.get("trace_id", ""),
+                  "agent": run.agent, "status": status.value,
+                  "duration_s": round(data["duration"], 6), "queue_wait_s": round(data["queue_wait"], 6)}
+        if data["error"]:
+            fields["error"] = data["error"]
+        logger.log(level, "run ended", extra={"fields": fields})
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message, the record's `fields`, and
+    the stack of an exception."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {"time": datetime.fromtimestamp(record.created, timezone.utc).isoformat(timespec="milliseconds"),
+                 "level": record.levelname.lower(), "logger": record.name, "message": record.getMessage()}
+        entry.update(getattr(record, "fields", None) or {})
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str)
+
+
+class TextFormatter(logging.Formatter):
+    """The usual text line, with the record's `fields` appended as `key=value`."""
+
+    def __init__(self) -> None:
+        super().__init__(TEXT_FORMAT)
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        fields = getattr(record, "fields", None)
+        if not fields:
+            return line
+        return line + " " + " ".join(f"{key}={value}" for key, value in fields.items())
+
+
+def formatter(log_format: str) -> logging.Formatter:
+    return JsonFormatter() if log_format == "json" else TextFormatter()
