@@ -40,7 +40,9 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, description="Serve Python agents over gRPC.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    serve = commands.add_parser("serve", help="serve agents over gRPC until SIGTERM/SIGINT")
+    # no abbreviations: `--auth-token SECRET` must not pass as `--auth-token-file SECRET`
+    serve = commands.add_parser("serve", help="serve agents over gRPC until SIGTERM/SIGINT",
+                                allow_abbrev=False)
     _add_config_flags(serve)
     return parser
 
