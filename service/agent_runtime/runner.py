@@ -106,6 +106,11 @@ class Runner:
         if done is not None and done.done() and not done.cancelled():
             done.exception()  # retrieved: a failure nobody awaited is not an unhandled error
 
+    @property
+    def abandoned(self) -> bool:
+        """Whether the agent ignored cancellation and was left running without a slot."""
+        return self._abandoned
+
     # -- the caller's side -------------------------------------------------
     async def result(self) -> Any:
         """Run the agent and return its output (chunks joined for a streaming agent)."""
@@ -317,7 +322,7 @@ class Runner:
             return
         self._abandoned = True
         error = self._cancel_error()
-        logger.error("run %s of agent %r ignored cancellation for %.1fs; abandoning it "
+        logger.error("run %s of agent %r ignored cancellation for %gs; abandoning it "
                      "and freeing its slot", self.run_id, self.agent.name, self.manager.cancel_grace)
         self._end(self._cancel_status or RunStatus.CANCELLED, None, error.message)
         if not self._done.done():
