@@ -132,3 +132,14 @@ def grpcurl() -> str:
     if path is None:
         pytest.fail("grpcurl is not installed: run scripts/install-test-deps")
     return path
+
+
+@pytest.fixture
+async def fake_llm() -> AsyncIterator[Any]:
+    """A fake OpenAI-compatible server on 127.0.0.1:0 (tests/fake_llm.py); script its replies."""
+    from fake_llm import FakeLLM
+
+    server = FakeLLM()
+    await server.start()
+    yield server
+    await server.close()

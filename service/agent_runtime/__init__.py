@@ -6,9 +6,12 @@ from .builder import AgentBuilder
 from .config import ConfigError, ServerConfig
 from .context import RunContext, current_run, emit_chunk, emit_event
 from .errors import (AgentError, AgentNotFound, AgentRuntimeError, Draining, InvalidInput,
-                     Overloaded, ProviderRejected, ProviderUnavailable, RunCancelled, RunTimeout,
-                     Unauthenticated)
+                     MaxTurnsExceeded, Overloaded, ProviderRejected, ProviderUnavailable, RunCancelled,
+                     RunTimeout, Unauthenticated)
 from .events import EventSink, EventType, RunEvent, RunStatus
+from .history import HistoryStore, InMemoryHistory
+from .hooks import AgentHooks
+from .mcp_tools import MCPServer
 from .grpc.server import RuntimeServer, serve_main
 from .payload import Blob
 from .runner import Runner
@@ -16,8 +19,9 @@ from .session import Session, SessionManager
 from .tools import Tool, tool
 
 __all__ = [
-    "Agent", "AgentBuilder", "AgentError", "AgentNotFound", "AgentRuntimeError", "AgentSpec", "Blob",
-    "ConfigError", "Draining", "EventSink", "EventType", "InvalidInput", "Overloaded",
+    "Agent", "AgentBuilder", "AgentError", "AgentHooks", "AgentNotFound", "AgentRuntimeError", "AgentSpec",
+    "Blob", "ConfigError", "Draining", "EventSink", "EventType", "HistoryStore", "InMemoryHistory",
+    "InvalidInput", "MCPServer", "MaxTurnsExceeded", "Overloaded",
     "ProviderRejected", "ProviderUnavailable", "RunCancelled", "RunContext", "RunEvent", "RunStatus",
     "RunTimeout", "Runner", "RuntimeServer", "ServerConfig", "Session", "SessionManager", "Tool",
     "Unauthenticated", "as_agent", "current_run", "emit_chunk", "emit_event", "serve_main", "tool",

@@ -40,7 +40,12 @@ class AgentSpec:
 
 @dataclass(eq=False)
 class Agent:
-    """A model-backed agent: instructions, a model and tools, run in a tool loop."""
+    """A model-backed agent: instructions, a model and tools, run in a tool loop.
+
+    `model` is `provider/model` (see `llm.py` for endpoints and keys);
+    `output_type` (a pydantic model, dataclass, TypedDict...) makes the answer
+    structured data; `mcp_servers` adds each run the tools of those MCP servers.
+    """
 
     name: str
     model: str = "openai/gpt-4o-mini"
@@ -52,16 +57,56 @@ class Agent:
     output_type: Any = None
     max_turns: int = 10
     timeout: float | None = None
+    mcp_servers: Sequence[Any] = ()
+    base_url: str | None = None
+    api_key: str | None = field(default=None, repr=False)
+    api_key_env: str | None = None
+    request_timeout: float = 60.0
+    max_retries: int = 2
     streaming = True
 
     def __post_init__(self) -> None:
+        from .llm import ChatModel
+
         self.tools = tuple(t if isinstance(t, Tool) else _as_tool(t) for t in self.tools)
+        self.mcp_servers = tuple(self.mcp_servers)
+        if self.max_turns < 1:
+            raise ValueError(f"agent {self.name!r}: max_turns must be >= 1")
+        self.chat_model = ChatModel(
+            self.model, base_url=self.base_url, api_key=self.api_key, api_key_env=self.api_key_env,
+            timeout=self.request_timeout, max_retries=self.max_retries, settings=self.model_settings)
+        self._output = None
+        self.response_format: dict[str, Any] | None = None
+        if self.output_type is not None:
+            import pydantic
+
+            self._output = pydantic.TypeAdapter(self.output_type)
+            name = getattr(self.output_type, "__name__", "output")
+            self.response_format = {"type": "json_schema", "json_schema": {
+                "name": "".join(c if c.isalnum() or c in "_-" else "_" for c in name)[:64],
+                "schema": self._output.json_schema(), "strict": False}}
+
+    def parse_output(self, text: str) -> Any:
+        """The model's final answer: its text, or the `output_type` value it holds
+        (ValueError saying why not)."""
+        if self._output is None:
+            return text
+        import pydantic
+
+        try:
+            return self._output.validate_json(text)
+        except pydantic.ValidationError as exc:
+            raise ValueError(str(exc)) from None
 
     async def run(self, input: Any) -> Any:
         """Run the tool loop on `input` and return the final answer."""
         from .llm_agent import run_agent
 
         return await run_agent(self, input)
+
+    async def aclose(self) -> None:
+        """Close this event loop's pooled connections to the model provider."""
+        await self.chat_model.aclose()
 
 
 def _as_tool(obj: Any) -> Tool:

@@ -10,6 +10,15 @@ A config file (YAML or TOML) looks like:
         model: openai/gpt-4o-mini
         instructions: Answer briefly.
         tools: [mypkg.tools:lookup]
+        base_url: http://vllm:8000/v1        # else <PROVIDER>_BASE_URL, else the provider's
+        api_key_env: HELPER_API_KEY          # else <PROVIDER>_API_KEY
+        request_timeout: 30                  # seconds per model request
+        max_retries: 2                       # on 429/5xx/connection errors, with backoff
+        output_type: mypkg.models:Answer     # structured output
+        hooks: mypkg.hooks:audit             # an AgentHooks instance
+        mcp_servers:
+          - http://tools:8000/mcp                          # streamable HTTP
+          - {command: python, args: [-m, mypkg.mcp]}       # stdio
 
 `AgentBuilder` is the `shared_builder` of `SessionManager(config=..., shared_builder=...)`.
 """
@@ -23,7 +32,9 @@ from typing import Any, Mapping
 from .config import ConfigError
 
 AGENT_KEYS = {"name", "model", "instructions", "tools", "description", "model_settings",
-              "max_turns", "timeout"}
+              "max_turns", "timeout", "base_url", "api_key_env", "request_timeout", "max_retries",
+              "output_type", "hooks", "mcp_servers"}
+_REF_KEYS = ("output_type", "hooks")
 
 
 def load_object(ref: str) -> Any:
@@ -101,7 +112,22 @@ class AgentBuilder:
 
         settings = dict(entry)
         settings["tools"] = [load_object(t) if isinstance(t, str) else t for t in settings.get("tools", ())]
+        for key in _REF_KEYS:
+            if isinstance(settings.get(key), str):
+                settings[key] = load_object(settings[key])
         try:
+            settings["mcp_servers"] = [_mcp_server(s) for s in settings.get("mcp_servers", ())]
             return Agent(**settings)
-        except TypeError as exc:
+        except (TypeError, ValueError) as exc:
             raise ConfigError(f"agents[{index}] ({entry.get('name')!r}): {exc}") from None
+
+
+def _mcp_server(entry: Any) -> Any:
+    """An MCP server entry: a URL, or a mapping of `MCPServer` settings."""
+    from .mcp_tools import MCPServer
+
+    if isinstance(entry, str):
+        return MCPServer(url=entry)
+    if isinstance(entry, Mapping):
+        return MCPServer(**entry)
+    raise ValueError(f"an mcp_servers entry must be a URL or a mapping, not {entry!r}")

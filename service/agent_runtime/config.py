@@ -74,6 +74,10 @@ class ServerConfig:
     log_level: str = _opt("info", "debug, info, warning or error")
     log_format: str = _opt("text", "log lines as text or json (one object a line)")
     metrics_port: int = _opt(9464, "port of the Prometheus /metrics endpoint; 0 disables it", minimum=0)
+    history_max_sessions: int = _opt(10_000, "conversations kept in memory (least recently used "
+                                     "dropped first)", minimum=1)
+    history_max_messages: int = _opt(100, "messages kept per conversation (oldest whole turns "
+                                     "dropped first)", minimum=1)
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):

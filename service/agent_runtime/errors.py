@@ -59,3 +59,7 @@ class ProviderUnavailable(AgentRuntimeError):
 
 class ProviderRejected(AgentRuntimeError):
     """The model provider rejected the request as invalid."""
+
+
+class MaxTurnsExceeded(AgentError):
+    """The model kept asking for tools past the agent's `max_turns`."""

@@ -2,8 +2,11 @@
 
 The SessionManager lives as long as the server. It knows the agents, owns the
 admission control (slots, queue, per-user cap) and the event sinks, and finds
-runs by id. A Session is one user's conversation; each `session.run(input)`
-is a Runner that holds a slot from its start to its end. The gRPC servicer is
+runs by id, and keeps the conversation history of sessions (a `HistoryStore`,
+bounded and in memory by default). A Session is one user's conversation; each
+`session.run(input)` is a Runner that holds a slot from its start to its end.
+Sessions with the same user, session id and agent share history, so consecutive
+calls (each gRPC call opens its own Session) continue one conversation. The gRPC servicer is
 a thin skin over exactly this API, so Python and gRPC callers share limits.
 """
 
@@ -12,12 +15,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
 from .admission import Admission
 from .agent import AgentSpec, agents_from
 from .errors import AgentNotFound, InvalidInput
 from .events import EventSink
+from .history import HistoryStore, InMemoryHistory, Message
 from .runner import Runner
 
 logger = logging.getLogger("agent_runtime.session")
@@ -44,6 +48,17 @@ class Session:
         """A run of `agent` (optional when one agent is served) on `input`."""
         return Runner(self, self.manager.agent(agent), input, metadata=metadata, timeout=timeout)
 
+    def _history_key(self, agent: str) -> str:
+        return "\x1f".join((self.user_id, self.session_id, agent))
+
+    async def history(self, agent: str) -> list[Message]:
+        """The messages of this session's earlier turns with `agent`."""
+        return await self.manager.history.load(self._history_key(agent))
+
+    async def remember(self, agent: str, messages: Sequence[Message]) -> None:
+        """Add a finished turn with `agent` to this session's history."""
+        await self.manager.history.append(self._history_key(agent), messages)
+
 
 class SessionManager:
     """Admits runs of the served agents: `max_concurrency` slots (0 = unlimited),
@@ -57,7 +72,8 @@ class SessionManager:
     def __init__(self, agent: Any = None, *, config: Any = None, shared_builder: Any = None,
                  max_concurrency: int = 8, max_queue: int = 100, queue_timeout: float = 30.0,
                  per_user_limit: int = 0, default_timeout: float | None = None,
-                 cancel_grace: float = 5.0, sinks: Iterable[EventSink] = ()) -> None:
+                 cancel_grace: float = 5.0, sinks: Iterable[EventSink] = (),
+                 history: HistoryStore | None = None) -> None:
         if agent is None:
             if shared_builder is not None:
                 agent = shared_builder.build(config)
@@ -75,6 +91,7 @@ class SessionManager:
         self.default_timeout = default_timeout or None
         self.cancel_grace = cancel_grace
         self.sinks: list[EventSink] = list(sinks)
+        self.history: HistoryStore = history if history is not None else InMemoryHistory()
         self._runs: dict[str, Runner] = {}
         self._abandoned: set[asyncio.Task] = set()
 
@@ -110,6 +127,16 @@ class SessionManager:
         except KeyError:
             raise AgentNotFound(f"no agent named {name!r}; served agents: "
                                 f"{', '.join(self.agents)}") from None
+
+    async def aclose(self) -> None:
+        """Release what the agents hold (an Agent's pooled model connections); idempotent."""
+        for spec in self.agents.values():
+            close = getattr(spec.target, "aclose", None)
+            if close is not None:
+                try:
+                    await close()
+                except Exception:
+                    logger.exception("closing agent %r failed", spec.name)
 
     def cancel_run(self, run_id: str) -> bool:
         runner = self._runs.get(run_id)

@@ -9,12 +9,13 @@ current run.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import json
 import re
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from .context import current_run
 from .events import EventType, RunStatus
@@ -26,13 +27,55 @@ class ToolArgumentsError(ValueError):
     """The arguments do not match the tool's schema; the message says how."""
 
 
+class ToolCall:
+    """The outcome of one tool call as `tool_events` reports it."""
+
+    __slots__ = ("result",)
+
+    def __init__(self) -> None:
+        self.result: Any = None
+
+
+@contextlib.contextmanager
+def tool_events(name: str, call_id: str, arguments: Any) -> Iterator[ToolCall]:
+    """Report tool.start, then tool.end with the status of the block's outcome,
+    to the current run (nothing outside a run)."""
+    run = current_run()
+    runner = run.runner if run is not None else None
+    if runner is not None:
+        runner.emit(EventType.TOOL_START, {"tool": name, "call_id": call_id, "arguments": arguments})
+    started = time.perf_counter()
+    call = ToolCall()
+    status, error = RunStatus.ERROR, ""
+    try:
+        yield call
+        status = RunStatus.OK
+    except asyncio.CancelledError:
+        status, error = RunStatus.CANCELLED, "cancelled"
+        raise
+    except Exception as exc:
+        error = f"{type(exc).__name__}: {exc}"
+        raise
+    finally:
+        if runner is not None:
+            runner.emit(EventType.TOOL_END, {
+                "tool": name, "call_id": call_id, "status": status, "result": call.result,
+                "error": error, "duration": time.perf_counter() - started})
+
+
 @dataclass(frozen=True)
 class Tool:
+    """A callable a model can ask for: its name, description and JSON schema.
+
+    `_model` (a pydantic model) validates arguments; a tool without one (an MCP
+    server's, whose server validates) takes any JSON object.
+    """
+
     name: str
     description: str
     parameters: dict[str, Any]
     fn: Callable[..., Any] = field(repr=False)
-    _model: Any = field(repr=False, compare=False)
+    _model: Any = field(default=None, repr=False, compare=False)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """Call the underlying function directly, with no validation or events."""
@@ -51,6 +94,8 @@ class Tool:
                 raise ToolArgumentsError(f"arguments of tool {self.name!r} are not valid JSON: {exc}") from None
         if not isinstance(arguments, dict):
             raise ToolArgumentsError(f"arguments of tool {self.name!r} must be a JSON object")
+        if self._model is None:
+            return arguments
         try:
             model = self._model.model_validate(arguments)
         except pydantic.ValidationError as exc:
@@ -59,32 +104,13 @@ class Tool:
 
     async def invoke(self, arguments: dict[str, Any] | str | None = None, *, call_id: str = "") -> Any:
         """Validate, run and report one call of this tool within the current run."""
-        run = current_run()
-        runner = run.runner if run is not None else None
-        if runner is not None:
-            runner.emit(EventType.TOOL_START, {"tool": self.name, "call_id": call_id,
-                                               "arguments": arguments})
-        started = time.perf_counter()
-        status, result, error = RunStatus.ERROR, None, ""
-        try:
+        with tool_events(self.name, call_id, arguments) as call:
             kwargs = self.validate(arguments)
             if inspect.iscoroutinefunction(self.fn):
-                result = await self.fn(**kwargs)
+                call.result = await self.fn(**kwargs)
             else:
-                result = await asyncio.to_thread(self.fn, **kwargs)
-            status = RunStatus.OK
-            return result
-        except asyncio.CancelledError:
-            status, error = RunStatus.CANCELLED, "cancelled"
-            raise
-        except Exception as exc:
-            error = f"{type(exc).__name__}: {exc}"
-            raise
-        finally:
-            if runner is not None:
-                runner.emit(EventType.TOOL_END, {
-                    "tool": self.name, "call_id": call_id, "status": status, "result": result,
-                    "error": error, "duration": time.perf_counter() - started})
+                call.result = await asyncio.to_thread(self.fn, **kwargs)
+        return call.result
 
 
 def _doc_parts(fn: Callable[..., Any]) -> tuple[str, dict[str, str]]:

@@ -32,6 +32,7 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 from .. import tracing
 from ..config import ServerConfig
 from ..events import EventSink
+from ..history import InMemoryHistory
 from ..metrics import GrpcMetrics, MetricsEndpoint, MetricsSink
 from ..runlog import RunLogSink
 from ..session import SessionManager
@@ -66,7 +67,8 @@ class RuntimeServer:
             manager = SessionManager(
                 agents, max_concurrency=cfg.max_concurrency, max_queue=cfg.max_queue,
                 queue_timeout=cfg.queue_timeout, per_user_limit=cfg.per_user_limit,
-                default_timeout=cfg.run_timeout or None, cancel_grace=cfg.cancel_grace)
+                default_timeout=cfg.run_timeout or None, cancel_grace=cfg.cancel_grace,
+                history=InMemoryHistory(cfg.history_max_sessions, cfg.history_max_messages))
         self.manager = manager
         for sink in sinks:
             manager.add_sink(sink)
@@ -180,6 +182,7 @@ class RuntimeServer:
         finally:
             await self._server.stop(grace=FINAL_GRACE)
             self._close_observability()
+            await self.manager.aclose()
             self._stopped.set()
 
     async def abort(self) -> None:
@@ -188,6 +191,7 @@ class RuntimeServer:
             self.manager.admission.draining = True
             await self._server.stop(grace=0)
             self._close_observability()
+            await self.manager.aclose()
             self._stopped.set()
 
     def _close_observability(self) -> None:
