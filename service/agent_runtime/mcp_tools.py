@@ -100,14 +100,16 @@ def _as_tool(client: Any, spec: Any) -> Tool:
     name = spec.name
 
     async def call(**arguments: Any) -> Any:
+        """The text the server wrote for the model; else its structured result; else
+        its content blocks (images, resources) as JSON."""
         result = await client.call_tool(name, arguments)
-        text = "\n".join(block.text for block in result.content if getattr(block, "type", "") == "text")
+        texts = [block.text for block in result.content if getattr(block, "type", "") == "text"]
         if result.is_error:
-            raise MCPToolError(text or f"MCP tool {name!r} failed")
+            raise MCPToolError("\n".join(texts) or f"MCP tool {name!r} failed")
+        if texts and len(texts) == len(result.content):
+            return "\n".join(texts)
         if result.structured_content is not None:
             return result.structured_content
-        if all(getattr(block, "type", "") == "text" for block in result.content):
-            return text
         return [block.model_dump(mode="json", exclude_none=True) for block in result.content]
 
     schema = dict(spec.input_schema or {"type": "object", "properties": {}})

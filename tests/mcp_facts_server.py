@@ -1,0 +1,42 @@
+"""A real MCP server (official `mcp` SDK) for tests: stdio by default, or
+streamable HTTP on 127.0.0.1 with `--http` (prints `port N` when listening)."""
+
+import asyncio
+import socket
+import sys
+
+from mcp.server import MCPServer
+from mcp.server.mcpserver.exceptions import ToolError
+
+server = MCPServer("facts")
+CAPITALS = {"france": "Paris", "norway": "Oslo"}
+
+
+@server.tool()
+def capital(country: str) -> str:
+    """The capital city of a country."""
+    return CAPITALS.get(country.lower(), "unknown")
+
+
+@server.tool()
+def refuse(reason: str) -> str:
+    """Always fails with `reason`."""
+    raise ToolError(reason)
+
+
+async def serve_http() -> None:
+    import uvicorn
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    app = server.streamable_http_app()
+    http = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    print(f"port {sock.getsockname()[1]}", flush=True)
+    await http.serve(sockets=[sock])
+
+
+if __name__ == "__main__":
+    if "--http" in sys.argv:
+        asyncio.run(serve_http())
+    else:
+        server.run()

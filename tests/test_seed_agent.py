@@ -1,0 +1,63 @@
+"""The seed's RuntimeServer snippet (only its import lines changed) as a script:
+its Agent answers over gRPC through the fake OpenAI-compatible provider."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+
+from conftest import LISTENING, runtime_pb2, stub
+
+SEED = '''
+import asyncio
+from agent_runtime import Agent
+from agent_runtime import RuntimeServer, serve_main
+
+async def main():
+    # 1) Create an Agent with minimal setup
+    my_agent = Agent(
+        name="MyRuntimeAgent",
+        model="openai/gpt-3.5-turbo",
+        instructions="You are now accessible via gRPC. Respond clearly."
+    )
+
+    # 2) Create a RuntimeServer with that Agent
+    server = RuntimeServer(my_agent)
+
+    # 3) Start the server (it will pick a port automatically and print it)
+    await serve_main(server)
+
+asyncio.run(main())
+'''
+
+
+async def test_seed_agent_answers_through_the_provider(fake_llm, channel_to, tmp_path):
+    script = tmp_path / "seed.py"
+    script.write_text(SEED)
+    env = {**os.environ, "OPENAI_BASE_URL": fake_llm.base_url, "OPENAI_API_KEY": "seed-key",
+           "AGENT_RUNTIME_PORT": "0"}
+    proc = await asyncio.create_subprocess_exec(sys.executable, str(script), env=env,
+                                                stdout=asyncio.subprocess.PIPE,
+                                                stderr=asyncio.subprocess.DEVNULL)
+    try:
+        line = (await asyncio.wait_for(proc.stdout.readline(), 30)).decode()
+        match = LISTENING.search(line)
+        assert match, line
+        fake_llm.reply("Hi external user!")
+        reply = await stub(channel_to(f"{match.group(1)}:{match.group(2)}")).Invoke(
+            runtime_pb2.InvokeRequest(input=runtime_pb2.Payload(text="Hello from outside!")))
+        assert reply.agent == "MyRuntimeAgent" and reply.output.text == "Hi external user!"
+        request = fake_llm.requests[0]
+        assert request["model"] == "gpt-3.5-turbo"
+        assert request["messages"] == [
+            {"role": "system", "content": "You are now accessible via gRPC. Respond clearly."},
+            {"role": "user", "content": "Hello from outside!"}]
+        assert request["_headers"]["authorization"] == "Bearer seed-key"
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 30) == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
