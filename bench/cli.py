@@ -1,0 +1,91 @@
+"""`python -m bench`: run the benchmark sections, print the table, write the report.
+
+Sections are modules of this package with `run(bench: Bench) -> Section`. The
+core ones always run; the optional ones (observability, soak, image) run when
+their module exists in this checkout. `--smoke` runs everything in seconds to
+prove the harness works (the figures then mean nothing).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib
+import importlib.util
+import shlex
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from . import deps
+from .harness import ROOT, Bench, Settings, VerificationError, log
+from .report import Section, chart, machine, markdown, terminal
+
+CORE_SECTIONS = ("unary", "streaming", "overload", "memory")
+OPTIONAL_SECTIONS = ("observability", "soak", "image")
+DEFAULT_OUT = ROOT / "docs" / "benchmarks.md"
+
+
+def available_sections() -> list[str]:
+    optional = [name for name in OPTIONAL_SECTIONS if importlib.util.find_spec(f"bench.{name}") is not None]
+    return [*CORE_SECTIONS, *optional]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--smoke", action="store_true", help="seconds-long run that checks the harness only")
+    parser.add_argument("--rounds", type=int, help="rounds per comparison (default 5)")
+    parser.add_argument("--duration", type=float, help="seconds per measured h2load run (default 5)")
+    parser.add_argument("--sections", help=f"comma-separated subset of: {', '.join(available_sections())}")
+    parser.add_argument("--no-nat", action="store_true", help="leave out NeMo Agent Toolkit's nat serve")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT,
+                        help="report to write (a PNG chart is written beside it)")
+    return parser
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    settings = Settings.for_smoke() if args.smoke else Settings()
+    changes = {}
+    if args.rounds:
+        changes["rounds"] = args.rounds
+    if args.duration:
+        changes["duration"] = args.duration
+    if args.no_nat:
+        changes["nat"] = False
+    return dataclasses.replace(settings, **changes)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    settings = settings_from(args)
+    names = available_sections()
+    if args.sections:
+        wanted = [name.strip() for name in args.sections.split(",") if name.strip()]
+        unknown = sorted(set(wanted) - set(names))
+        if unknown:
+            raise SystemExit(f"unknown sections {unknown}; available: {', '.join(names)}")
+        names = wanted
+    deps.ensure_h2load()
+    bench = Bench(settings)
+    header = machine()
+    sections: list[Section] = []
+    try:
+        for name in names:
+            log(f"== section {name}")
+            sections.append(importlib.import_module(f"bench.{name}").run(bench))
+    except VerificationError as exc:
+        log(f"bench: verification failed: {exc}")
+        return 1
+    finally:
+        bench.close()
+    print(terminal(sections))
+    out: Path = args.out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    picture = out.with_suffix(".png")
+    chart(sections, picture)
+    command = "python -m bench " + shlex.join(argv if argv is not None else sys.argv[1:])
+    out.write_text(markdown(sections, command=command.strip(), commands=bench.commands, header=header,
+                            chart=picture.name))
+    failed = [t.name for s in sections for t in s.targets if not t.passed]
+    log(f"wrote {out} and {picture}; {len(failed)} of {sum(len(s.targets) for s in sections)} targets failed")
+    return 0

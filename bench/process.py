@@ -1,0 +1,102 @@
+"""Server processes pinned to a core, with their address, stats and memory."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import select
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+from .servers.sidechannel import ANNOUNCE, PREFIX
+
+_ADDRESS = re.compile(ANNOUNCE + r" (?:https?://)?(\S+):(\d+)")
+
+
+def pinned(argv: Sequence[str], core: int | None) -> list[str]:
+    """`argv` run on one core through taskset when both exist."""
+    if core is None or shutil.which("taskset") is None:
+        return list(argv)
+    return ["taskset", "-c", str(core), *argv]
+
+
+def cores() -> tuple[int | None, int | None]:
+    """(server core, client core): the first and last CPU this process may use,
+    or (None, None) on a single-CPU machine (nothing is pinned then)."""
+    usable = sorted(os.sched_getaffinity(0))
+    if len(usable) < 2:
+        return None, None
+    return usable[0], usable[-1]
+
+
+class ServerProcess:
+    """A started server: its announced address, its stats side channel, its RSS."""
+
+    def __init__(self, name: str, argv: Sequence[str], *, core: int | None, env: dict[str, str],
+                 cwd: Path, log: Path, start_timeout: float = 120.0) -> None:
+        self.name = name
+        self.log = log
+        self._log_file = log.open("w")
+        self.proc = subprocess.Popen(pinned(argv, core), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=self._log_file, text=True, env=env, cwd=cwd)
+        self.host, self.port = self._await_address(start_timeout)
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def _readline(self, deadline: float) -> str:
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} did not answer in time (exit {self.proc.poll()}); "
+                                   f"log {self.log}:\n{self.log.read_text()[-3000:]}")
+            ready, _, _ = select.select([self.proc.stdout], [], [], min(left, 0.5))
+            if ready:
+                line = self.proc.stdout.readline()
+                if line:
+                    return line
+
+    def _await_address(self, timeout: float) -> tuple[str, int]:
+        deadline = time.monotonic() + timeout
+        while True:
+            match = _ADDRESS.search(self._readline(deadline))
+            if match:
+                return match.group(1), int(match.group(2))
+
+    def stats(self, timeout: float = 10.0) -> dict[str, Any]:
+        """The server's counters now (statuses by name, plus what it adds)."""
+        self.proc.stdin.write("stats\n")
+        self.proc.stdin.flush()
+        deadline = time.monotonic() + timeout
+        while True:
+            line = self._readline(deadline)
+            if line.startswith(PREFIX):
+                return json.loads(line[len(PREFIX):])
+
+    def rss_bytes(self) -> int:
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+        raise RuntimeError(f"no VmRSS for {self.name}")
+
+    def stop(self, timeout: float = 15.0) -> None:
+        """SIGTERM, then SIGKILL after `timeout`; idempotent."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        for stream in (self.proc.stdin, self.proc.stdout):
+            try:
+                stream.close()
+            except (BrokenPipeError, OSError):
+                pass
+        self._log_file.close()

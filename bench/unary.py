@@ -1,0 +1,91 @@
+"""Unary echo at concurrency 1, 16 and 256: every contender, side by side.
+
+Targets: (b) >= 90% of (a), (b+m) >= 85%, (c) >= 70%, (b) >= 10x (d), and the
+latency (b) adds over (a) at concurrency 1 (p50 <= 0.1 ms, p99 <= 1 ms).
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+from . import contenders as c
+from . import wire
+from .h2load import Load
+from .harness import Bench, Contender, log
+from .otlp import OtlpReceiver
+from .report import Row, Section, Target, ratio_target
+from .stats import median
+
+MESSAGE = "hello"
+THROUGHPUT_TARGETS = ((c.RUNTIME, 0.90), (c.METRICS, 0.85), (c.TRACED, 0.70))
+NAT_FACTOR = 10.0
+
+
+def _contenders(bench: Bench) -> tuple[list[Contender], OtlpReceiver | None]:
+    chosen = [c.bare(), c.unary_runtime()]
+    receiver = None
+    if c.observability_available():
+        chosen.append(c.unary_runtime(c.METRICS, metrics=True))
+        receiver = OtlpReceiver.start(bench)
+        chosen.append(c.unary_runtime(c.TRACED, metrics=True, env=c.tracing_env(receiver.address)))
+    if bench.settings.nat:
+        from .deps import nat_python
+
+        config = bench.body("nat.yml", b"workflow:\n  _type: test_echo\n")
+        chosen.append(c.nat(nat_python(), config))
+    return chosen, receiver
+
+
+def run(bench: Bench) -> Section:
+    section = Section("Unary echo")
+    chosen, receiver = _contenders(bench)
+    grpc_body = bench.body("invoke.grpc", wire.invoke_body(MESSAGE))
+    json_body = bench.body("generate.json", wire.json_body(MESSAGE))
+    loads: dict[str, tuple] = {}
+    for contender in chosen:
+        server = bench.start(contender)
+        if contender.h1:
+            load = Load(f"http://{server.address}/generate", json_body, wire.JSON_HEADERS, h1=True)
+        else:
+            load = Load(f"http://{server.address}{wire.INVOKE}", grpc_body, wire.GRPC_HEADERS)
+        loads[contender.label] = (server, load)
+    for concurrency in bench.settings.unary_concurrency:
+        workload = f"unary c={concurrency}"
+        log(f"{workload}:")
+        runs = [(label, partial(bench.measure, server, load, concurrency=concurrency,
+                                latencies=concurrency == 1))
+                for label, (server, load) in loads.items()]
+        results = bench.alternate(runs)
+        rates = {label: [m.rate for m in ms] for label, ms in results.items()}
+        for label, measured in results.items():
+            section.rows.append(Row(
+                workload, label, "calls/s", rates[label],
+                p50_ms=[m.result.latency(50) for m in measured] if concurrency == 1 else [],
+                p99_ms=[m.result.latency(99) for m in measured] if concurrency == 1 else [],
+                confirmed=sum(m.confirmed for m in measured)))
+        floor = rates[c.BARE]
+        for label, limit in THROUGHPUT_TARGETS:
+            if label in rates:
+                section.targets.append(ratio_target(f"{workload}: {label} / {c.BARE}", rates[label], floor, limit))
+        if c.NAT in rates:
+            section.targets.append(Target(
+                f"{workload}: {c.RUNTIME} / {c.NAT}", median([b / d for b, d in zip(rates[c.RUNTIME], rates[c.NAT])]),
+                NAT_FACTOR, "x"))
+        if concurrency == 1:
+            section.targets += _added_latency(results[c.RUNTIME], results[c.BARE])
+    if receiver is not None:
+        served = loads[c.TRACED][0].stats().get("OK", 0)
+        spans = receiver.spans(settle=10.0)
+        section.notes.append(f"The OTLP receiver got {spans:,} spans from {c.TRACED} for {served:,} calls "
+                             f"it served ({spans / max(served, 1):.2f} spans per call).")
+    return section
+
+
+def _added_latency(runtime: list, bare: list) -> list[Target]:
+    targets = []
+    for q, limit in ((50, 0.1), (99, 1.0)):
+        added = [r.result.latency(q) - b.result.latency(q) for r, b in zip(runtime, bare)]
+        targets.append(Target(f"unary c=1: p{q} latency {c.RUNTIME} adds over {c.BARE}", median(added),
+                              limit, "ms", at_least=False))
+    return targets
+
