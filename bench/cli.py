@@ -38,6 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--duration", type=float, help="seconds per measured h2load run (default 5)")
     parser.add_argument("--sections", help=f"comma-separated subset of: {', '.join(available_sections())}")
     parser.add_argument("--no-nat", action="store_true", help="leave out NeMo Agent Toolkit's nat serve")
+    parser.add_argument("--profile", choices=("runtime", "metrics", "bare"),
+                        help="instead of benchmarking, profile one contender under unary load with py-spy")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT,
                         help="report to write (a PNG chart is written beside it)")
     return parser
@@ -67,6 +69,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         names = wanted
     deps.ensure_h2load()
     bench = Bench(settings)
+    if args.profile:
+        from . import profile
+
+        try:
+            profile.run(bench, deps.cache_dir(), args.profile)
+        finally:
+            bench.close()
+        return 0
     header = machine()
     sections: list[Section] = []
     try:

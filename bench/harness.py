@@ -54,10 +54,15 @@ class Measured:
     contender: str
     result: LoadResult
     confirmed: int  # calls the server finished with the expected status
+    cpu_seconds: float  # the server's CPU time during the run
 
     @property
     def rate(self) -> float:
         return self.result.requests_per_s
+
+    @property
+    def cpu_us_per_call(self) -> float:
+        return self.cpu_seconds / self.confirmed * 1e6 if self.confirmed else float("nan")
 
 
 @dataclass(frozen=True)
@@ -117,15 +122,17 @@ class Bench:
         if self.settings.warmup:
             h2load.run(load, concurrency=concurrency, core=self.client_core, duration=self.settings.warmup)
         before = server.stats()
+        cpu = server.cpu_seconds()
         result = h2load.run(load, concurrency=concurrency, core=self.client_core, duration=duration,
                             latencies=latencies)
         time.sleep(0.05)  # calls h2load stopped waiting for may still be finishing
+        cpu = server.cpu_seconds() - cpu
         after = server.stats()
         confirmed = verify(server.name, before, after, result, expect, concurrency)
         argv = " ".join(h2load.command(load, concurrency=concurrency, duration=duration))
         self.commands.setdefault(f"h2load {load.url.rsplit('/', 1)[-1]}",
                                  argv.replace(server.address, "HOST:PORT").replace(str(self.workdir), "$WORK"))
-        return Measured(server.name, result, confirmed)
+        return Measured(server.name, result, confirmed, cpu)
 
     def alternate(self, runs: Sequence[tuple[str, Callable[[], Measured]]]) -> dict[str, list[Measured]]:
         """Run every (name, measure) once per round, rotating the order each round."""
@@ -135,7 +142,8 @@ class Bench:
             for name, measure in [*runs[shift:], *runs[:shift]]:
                 measured = measure()
                 results[name].append(measured)
-                log(f"  round {round_no + 1}: {name:<34} {measured.rate:>10.1f}/s")
+                log(f"  round {round_no + 1}: {name:<34} {measured.rate:>10.1f}/s "
+                    f"{measured.cpu_us_per_call:>7.1f} us CPU/call")
         return results
 
 

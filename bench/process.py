@@ -15,6 +15,7 @@ from typing import Any, Sequence
 
 from .servers.sidechannel import ANNOUNCE, PREFIX
 
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 _ADDRESS = re.compile(ANNOUNCE + r" (?:https?://)?(\S+):(\d+)")
 
 
@@ -78,6 +79,11 @@ class ServerProcess:
             line = self._readline(deadline)
             if line.startswith(PREFIX):
                 return json.loads(line[len(PREFIX):])
+
+    def cpu_seconds(self) -> float:
+        """User plus system CPU time the server has used so far (all its threads)."""
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rpartition(")")[2].split()
+        return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
 
     def rss_bytes(self) -> int:
         for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
