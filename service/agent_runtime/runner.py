@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, AsyncIterator, Mapping
 
 from .agent import AgentSpec, CallKind
 from .context import RunContext, _set
-from .errors import AgentError, AgentRuntimeError, RunCancelled, RunTimeout
+from .errors import AgentError, AgentRuntimeError, Draining, RunCancelled, RunTimeout
 from .events import EventBuffer, EventType, RunEvent, RunStatus
 
 if TYPE_CHECKING:
@@ -68,6 +68,7 @@ class Runner:
         self._seq = 0
         self._started = 0.0
         self._cancel_status: RunStatus | None = None
+        self._cancel_reason: type[AgentRuntimeError] = RunCancelled
         self._ended = False
         self._abandoned = False
         self._admitted = False
@@ -155,10 +156,13 @@ class Runner:
                 elif not chunked:
                     yield event.data["output"]
 
-    def cancel(self) -> bool:
-        """Cancel this run (as `CancelRun` does); False when it is not running."""
+    def cancel(self, reason: type[AgentRuntimeError] = RunCancelled) -> bool:
+        """Cancel this run (as `CancelRun` does); False when it is not running.
+
+        `reason` is the error its caller gets: `Draining` when the server shuts down."""
         if self._task is None or self._task.done():
             return False
+        self._cancel_reason = reason
         self._cancel(RunStatus.CANCELLED)
         return True
 
@@ -334,4 +338,7 @@ class Runner:
     def _cancel_error(self) -> AgentRuntimeError:
         if self._cancel_status is RunStatus.TIMEOUT:
             return RunTimeout(f"run exceeded its time limit of {self._timeout:g}s", run_id=self.run_id)
-        return RunCancelled("run was cancelled", run_id=self.run_id)
+        if self._cancel_reason is Draining:
+            return Draining("the server shut down before the run finished; retry on another replica",
+                            run_id=self.run_id)
+        return self._cancel_reason("run was cancelled", run_id=self.run_id)

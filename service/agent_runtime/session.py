@@ -19,7 +19,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from .admission import Admission
 from .agent import AgentSpec, agents_from
-from .errors import AgentNotFound, InvalidInput
+from .errors import AgentNotFound, Draining, InvalidInput
 from .events import EventSink
 from .history import HistoryStore, InMemoryHistory, Message
 from .runner import Runner
@@ -152,7 +152,7 @@ class SessionManager:
         while (admission.in_use or admission.waiting) and loop.time() < deadline:
             await asyncio.sleep(0.02)
         admission.refuse_waiting()
-        leftover = [runner for runner in self._runs.values() if runner.cancel()]
+        leftover = [runner for runner in self._runs.values() if runner.cancel(Draining)]
         if leftover:
             logger.warning("drain timeout of %gs passed; cancelling %d runs", timeout, len(leftover))
             end = loop.time() + self.cancel_grace + 0.1
