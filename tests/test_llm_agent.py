@@ -430,3 +430,44 @@ async def test_agent_runs_outside_the_runtime(fake_llm):
     finally:
         await agent.aclose()
     assert json.loads(fake_llm.requests[1]["messages"][-1]["content"]) == 4
+
+
+async def test_spans_and_metrics_see_a_real_agent(fake_llm, serve, channel_to):
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    from prometheus_client import CollectorRegistry
+
+    exporter, provider, registry = InMemorySpanExporter(), TracerProvider(), CollectorRegistry()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    fake_llm.call(("add", {"a": 1, "b": 2})).reply("3").fail(400, "too long")
+    server = await serve(calc(fake_llm), tracer_provider=provider, registry=registry)
+    runtime = stub(channel_to(server.address))
+    await runtime.Invoke(runtime_pb2.InvokeRequest(input=runtime_pb2.Payload(text="1+2?")))
+    with pytest.raises(grpc.aio.AioRpcError):
+        await runtime.Invoke(runtime_pb2.InvokeRequest(input=runtime_pb2.Payload(text="x" * 99)))
+    provider.shutdown()
+    spans = exporter.get_finished_spans()
+    chats = [s for s in spans if s.name == "chat openai/gpt-test"]
+    assert [(s.attributes["gen_ai.usage.input_tokens"], tuple(s.attributes["gen_ai.response.finish_reasons"]))
+            for s in chats] == [(11, ("tool_calls",)), (11, ("stop",)), (0, ("error",))]
+    (tool_span,) = [s for s in spans if s.name == "execute_tool add"]
+    run_spans = {s.context.span_id for s in spans if s.name == "invoke_agent calc"}
+    assert tool_span.parent.span_id in run_spans and {s.parent.span_id for s in chats} <= run_spans
+    tokens = {tuple(sorted(labels.items())): value for labels, value in (
+        (s.labels, s.value) for metric in registry.collect() if metric.name == "agent_runtime_llm_tokens"
+        for s in metric.samples if s.name.endswith("_total"))}
+    assert tokens[(("agent", "calc"), ("kind", "input"), ("model", "openai/gpt-test"))] == 22
+    assert tokens[(("agent", "calc"), ("kind", "output"), ("model", "openai/gpt-test"))] == 14
+
+
+async def test_failed_model_call_ends_its_llm_event_with_the_error(fake_llm):
+    fake_llm.fail(422, "bad schema")
+    manager = SessionManager(calc(fake_llm))
+    async with manager.session() as session, session.run("x") as runner:
+        events = [event async for event in runner.events()]
+    await manager.aclose()
+    (llm_end,) = [e.data for e in events if e.type.value == "llm.end"]
+    assert llm_end["finish_reason"] == "error"
+    assert llm_end["error"] == "model provider 'openai' rejected the request (HTTP 422): bad schema"
+    assert events[-1].data["error"] == llm_end["error"]

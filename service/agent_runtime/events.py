@@ -40,7 +40,7 @@ class RunEvent:
     """One thing that happened in a run.
 
     `data` keys by type: run.start {queue_wait}; chunk {chunk}; llm.start {model};
-    llm.end {model, input_tokens, output_tokens, finish_reason}; tool.start
+    llm.end {model, input_tokens, output_tokens, finish_reason, error}; tool.start
     {tool, call_id, arguments}; tool.end {tool, call_id, status, result, error,
     duration}; custom {name, data}; run.end {status, output, error, duration,
     queue_wait, input_tokens, output_tokens}.

@@ -7,8 +7,8 @@ and send their results back; stop at a final answer, or fail after
 unknown tool name) is told to the model, which may correct itself; it does not
 fail the run. Streamed runs stream the model's text as chunks.
 
-Events: llm.start/llm.end around each model call (llm.end also when it fails,
-with finish_reason "error" or "cancelled"), tool.start/tool.end around each
+Events: llm.start/llm.end around each model call (llm.end also when it fails:
+finish_reason "error" or "cancelled" and the `error` message), tool.start/tool.end around each
 tool call, chunk for each piece of text.
 """
 
@@ -22,7 +22,7 @@ import logging
 from typing import TYPE_CHECKING, Any, Sequence
 
 from .context import RunContext, current_run
-from .errors import AgentError, InvalidInput, MaxTurnsExceeded
+from .errors import AgentError, AgentRuntimeError, InvalidInput, MaxTurnsExceeded
 from .events import EventType
 from .hooks import call_hook
 from .llm import ModelResponse, ToolCallRequest
@@ -130,7 +130,7 @@ async def _ask_model(agent: "Agent", run: RunContext | None, messages: list[dict
     await call_hook(agent.hooks, "on_llm_start", run, agent, messages)
     streamed = run is not None and run.streaming and run.runner is not None and agent.output_type is None
     _emit(run, EventType.LLM_START, {"model": model.name})
-    response, finish_reason = None, "error"
+    response, finish_reason, error = None, "error", ""
     try:
         response = await model.complete(
             messages, tools=[_schema(tool) for tool in tools.values()],
@@ -138,11 +138,14 @@ async def _ask_model(agent: "Agent", run: RunContext | None, messages: list[dict
             on_text=run.runner.emit_chunk if streamed else None)
         finish_reason = response.finish_reason
     except asyncio.CancelledError:
-        finish_reason = "cancelled"
+        finish_reason = error = "cancelled"
+        raise
+    except AgentRuntimeError as exc:
+        error = exc.message
         raise
     finally:
         _emit(run, EventType.LLM_END, {
-            "model": model.name, "finish_reason": finish_reason,
+            "model": model.name, "finish_reason": finish_reason, "error": error,
             "input_tokens": response.input_tokens if response else 0,
             "output_tokens": response.output_tokens if response else 0})
     await call_hook(agent.hooks, "on_llm_end", run, agent, response)
