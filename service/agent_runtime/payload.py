@@ -44,6 +44,8 @@ def value_to_python(value: struct_pb2.Value) -> Any:
         return value.string_value
     if kind == "number_value":
         number = value.number_value
+        if not math.isfinite(number):
+            raise InvalidInput("input.structured holds NaN or an infinity, which JSON-like data cannot")
         return int(number) if number.is_integer() and abs(number) < 2**53 else number
     if kind == "bool_value":
         return value.bool_value
