@@ -1,4 +1,5 @@
-"""The `agent-runtime` command: `serve` (more subcommands live beside it).
+"""The `agent-runtime` command: `serve`, and the client commands `invoke`,
+`agents` and `health` (in client_cli.py).
 
 Every `serve` flag is also an `AGENT_RUNTIME_*` environment variable (see
 `config.ServerConfig`); flags win over the environment, which wins over the
@@ -14,6 +15,7 @@ import os
 import sys
 from typing import Any, Sequence
 
+from . import client_cli
 from . import config as config_module
 from .config import ConfigError, ServerConfig
 
@@ -44,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="serve agents over gRPC until SIGTERM/SIGINT",
                                 allow_abbrev=False)
     _add_config_flags(serve)
+    client_cli.add_commands(commands)
     return parser
 
 
@@ -103,6 +106,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "serve":
             return run_serve(args)
+        if args.command in client_cli.COMMANDS:
+            return client_cli.run(args)
     except ConfigError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2

@@ -71,6 +71,10 @@ class ServerConfig:
     auth_exempt: tuple[str, ...] = _opt(("grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"),
                                         "gRPC services callable without a token (repeatable)",
                                         metavar="SERVICE")
+    redpanda_agent: str = _opt("", "agent that Redpanda's InvokeAgent runs; may be empty when one agent "
+                               "is served (with several and none named, the Redpanda protocol is not served)")
+    plugin_handshake: bool = _opt(False, "run as a Redpanda Connect (go-plugin) plugin: bind 127.0.0.1 on a "
+                                  "free port and print the go-plugin handshake as the first stdout line")
     log_level: str = _opt("info", "debug, info, warning or error")
     log_format: str = _opt("text", "log lines as text or json (one object a line)")
     metrics_port: int = _opt(9464, "port of the Prometheus /metrics endpoint; 0 disables it", minimum=0)

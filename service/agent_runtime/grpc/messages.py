@@ -66,17 +66,21 @@ def _checked_id(name: str, value: str) -> str:
     return value
 
 
-def run_request(request: Any) -> RunRequest:
-    """Validate an InvokeRequest (or a MalformedRequest) into a RunRequest."""
-    if isinstance(request, MalformedRequest):
-        raise InvalidInput(f"request is not a valid InvokeRequest: {request.reason}")
-    metadata = request.metadata
+def checked_metadata(metadata: Mapping[str, str]) -> dict[str, str]:
+    """The run's metadata as a dict, within the size limits (InvalidInput beyond them)."""
     if len(metadata) > MAX_METADATA_ENTRIES:
         raise InvalidInput(f"metadata has {len(metadata)} entries; at most {MAX_METADATA_ENTRIES} are allowed")
     for key, value in metadata.items():
         if not key or len(key) > MAX_METADATA_KEY_CHARS or len(value) > MAX_METADATA_VALUE_CHARS:
             raise InvalidInput(f"metadata keys must be 1-{MAX_METADATA_KEY_CHARS} characters and values "
                                f"at most {MAX_METADATA_VALUE_CHARS}")
+    return dict(metadata) if metadata else {}
+
+
+def run_request(request: Any) -> RunRequest:
+    """Validate an InvokeRequest (or a MalformedRequest) into a RunRequest."""
+    if isinstance(request, MalformedRequest):
+        raise InvalidInput(f"request is not a valid InvokeRequest: {request.reason}")
     timeout = None
     if request.HasField("timeout"):
         duration = request.timeout
@@ -88,7 +92,7 @@ def run_request(request: Any) -> RunRequest:
         session_id=_checked_id("session_id", request.session_id),
         user_id=_checked_id("user_id", request.user_id),
         input=to_python(request.input),
-        metadata=dict(metadata) if metadata else {},
+        metadata=checked_metadata(request.metadata),
         timeout=timeout)
 
 

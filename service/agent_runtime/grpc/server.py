@@ -1,8 +1,8 @@
 """RuntimeServer: the gRPC server assembled around a SessionManager.
 
-It serves the AgentRuntime service, the standard health service (overall and
-per service) and reflection; `serve()` runs until SIGTERM/SIGINT and then
-drains: health NOT_SERVING, new runs UNAVAILABLE, runs in progress get
+It serves the AgentRuntime service, Redpanda's agent runtime protocol
+(redpanda.py), the standard health service (overall and per service) and
+reflection; `serve()` runs until SIGTERM/SIGINT and then drains: health NOT_SERVING, new runs UNAVAILABLE, runs in progress get
 `drain_timeout` seconds, the rest are cancelled (each still ends with its end
 event). A second signal stops at once. TLS, mutual TLS and bearer-token auth are
 assembled here when configured (`tls.py`, `auth.py`); nothing is installed for
@@ -13,6 +13,11 @@ in, or made when `metrics_port` is set, and then served on `/metrics`), spans
 from a TracerProvider (handed in, or made from the OTEL_* environment), and a
 log line per run. Every RPC of every service is observed in its handler
 (instrument.py).
+
+With `plugin_handshake` it is a go-plugin plugin as Redpanda Connect launches
+it: it binds 127.0.0.1 on a free port, prints `1|1|tcp|127.0.0.1:PORT|grpc` as
+its first stdout line, reports health service `plugin` SERVING and drains when
+the host calls `plugin.GRPCController/Shutdown`.
 """
 
 from __future__ import annotations
@@ -30,17 +35,21 @@ from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
 from .. import tracing
-from ..config import ServerConfig
+from ..config import ConfigError, ServerConfig
+from ..errors import AgentRuntimeError
 from ..events import EventSink
 from ..history import InMemoryHistory
 from ..metrics import GrpcMetrics, MetricsEndpoint, MetricsSink
 from ..runlog import RunLogSink
 from ..session import SessionManager
-from . import auth, tls
+from . import auth, redpanda, tls
 from .instrument import ObservedRegistrar, RpcObserver
 from .servicer import SERVICE_NAME, AgentRuntimeServicer, method_handlers
 
 logger = logging.getLogger("agent_runtime.server")
+
+PLUGIN_HEALTH_SERVICE = "plugin"
+PLUGIN_CONTROLLER_SERVICE = "plugin.GRPCController"
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 # Seconds calls get to send their last messages once every run has ended or been cancelled.
@@ -58,6 +67,8 @@ class RuntimeServer:
         a registry is made when `metrics_port` is set, and a provider when the OTEL_*
         environment asks for trace export."""
         self.config = config if config is not None else ServerConfig.load()
+        if self.config.plugin_handshake:
+            self.config = self.config.replace(host="127.0.0.1", port=0)
         cfg = self.config
         if manager is None:
             if agents is None:
@@ -136,8 +147,17 @@ class RuntimeServer:
         handlers = method_handlers(AgentRuntimeServicer(self.manager))
         registrar.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
         registrar.add_registered_method_handlers(SERVICE_NAME, handlers)
+        for service, service_handlers in self._redpanda_handlers().items():
+            registrar.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, service_handlers),))
+            registrar.add_registered_method_handlers(service, service_handlers)
+            self.services.append(service)
+        if cfg.plugin_handshake:
+            registrar.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+                PLUGIN_CONTROLLER_SERVICE, {"Shutdown": grpc.unary_unary_rpc_method_handler(self._plugin_shutdown)}),))
+            self.services.append(PLUGIN_HEALTH_SERVICE)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, registrar)
-        served = [*self.services, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name]
+        served = [*(s for s in self.services if s != PLUGIN_HEALTH_SERVICE),
+                  health_pb2.DESCRIPTOR.services_by_name["Health"].full_name]
         if cfg.reflection:
             reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
                 reflection.aio.ReflectionServicer([*served, reflection.SERVICE_NAME]), registrar)
@@ -163,6 +183,27 @@ class RuntimeServer:
             await self.health.set(service, SERVING)
         logger.info("serving agents %s on %s", ", ".join(self.manager.agents), self.address)
         return self.address
+
+    def _redpanda_handlers(self) -> dict[str, dict[str, grpc.RpcMethodHandler]]:
+        """Redpanda's InvokeAgent, when it is clear which agent it runs."""
+        cfg = self.config
+        if not cfg.redpanda_agent and len(self.manager.agents) > 1:
+            if cfg.plugin_handshake:
+                raise ConfigError("several agents are served: name the one Redpanda's InvokeAgent runs "
+                                  "with redpanda_agent")
+            logger.info("several agents are served and redpanda_agent is not set: the Redpanda "
+                        "protocol is not served")
+            return {}
+        try:
+            return redpanda.method_handlers(redpanda.RedpandaRuntimeServicer(self.manager, cfg.redpanda_agent))
+        except AgentRuntimeError as exc:
+            raise ConfigError(f"redpanda_agent: {exc.message}") from None
+
+    async def _plugin_shutdown(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        """go-plugin's graceful stop (`plugin.GRPCController/Shutdown`): drain, as on SIGTERM."""
+        logger.info("the plugin host asked to shut down: draining")
+        asyncio.get_running_loop().call_soon(asyncio.ensure_future, self.stop())
+        return b""
 
     async def stop(self, drain_timeout: float | None = None) -> None:
         """Drain, then stop; idempotent, and concurrent callers share one shutdown."""
@@ -211,7 +252,7 @@ class RuntimeServer:
         Returns the process exit code: 0 after a drain, 128 + the signal number
         when a second signal cut the drain short."""
         address = await self.start()
-        (announce or _announce)(address)
+        (announce or (_announce_plugin if self.config.plugin_handshake else _announce))(address)
         loop = asyncio.get_running_loop()
         signals: list[int] = []
         stopping: list[asyncio.Future] = []
@@ -246,6 +287,11 @@ def _ms(seconds: float) -> int:
 
 def _announce(address: str) -> None:
     print(f"agent-runtime listening on {address}", file=sys.stdout, flush=True)
+
+
+def _announce_plugin(address: str) -> None:
+    """go-plugin's handshake line: core protocol 1, app protocol 1, network, address, gRPC."""
+    print(f"1|1|tcp|{address}|grpc", file=sys.stdout, flush=True)
 
 
 async def serve_main(server: RuntimeServer) -> int:

@@ -1,0 +1,99 @@
+"""Redpanda's agent runtime protocol (`redpanda.runtime.v1alpha1`), served beside our own API.
+
+One servicer answers both names the protocol has had: `AgentRuntime` (current)
+and `Runtime` (its first version). Like the AgentRuntime servicer, each call is
+one session and one run through the SessionManager, so both protocols share the
+same admission limits. What it does better than Redpanda's own runtime:
+bytes values at any depth work, the Message metadata reaches the agent
+(`RunContext.metadata`), a run that fails is answered on `AgentRuntime` with the
+input message flagged by the protocol's `error` field (so a pipeline can route
+it), and SIGTERM drains. Failures before a run starts (bad request, over
+capacity, draining) are gRPC statuses on both, with the usual retry hint.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+
+from .._proto.redpanda.runtime.v1alpha1 import agent_pb2 as pb
+from .._proto.redpanda.runtime.v1alpha1 import runtime_pb2
+from ..errors import AgentRuntimeError, InvalidInput
+from ..events import RunStatus
+from ..runner import Runner
+from ..session import SessionManager
+from . import messages
+from .redpanda_messages import failed_message, message_input, message_metadata, output_message
+from .redpanda_trace import RunSpans, requested_trace
+from .servicer import _timeout
+from .status import RUN_ID_KEY, abort
+
+AGENT_RUNTIME_SERVICE = pb.DESCRIPTOR.services_by_name["AgentRuntime"].full_name
+RUNTIME_SERVICE = runtime_pb2.DESCRIPTOR.services_by_name["Runtime"].full_name
+SERVICE_NAMES = (AGENT_RUNTIME_SERVICE, RUNTIME_SERVICE)
+
+
+class RedpandaRuntimeServicer:
+    """InvokeAgent for one served agent (`agent`, or the only one when empty)."""
+
+    def __init__(self, manager: SessionManager, agent: str = "") -> None:
+        self.manager = manager
+        self.agent = manager.agent(agent or None).name
+
+    async def InvokeAgent(self, request: Any, context: grpc.aio.ServicerContext) -> pb.InvokeAgentResponse:
+        """The current protocol: a failed run comes back in `message.error`."""
+        return await self._invoke(request, context, failure_in_message=True)
+
+    async def InvokeAgentV0(self, request: Any, context: grpc.aio.ServicerContext) -> pb.InvokeAgentResponse:
+        """The first protocol version (service `Runtime`): a failed run is a gRPC status."""
+        return await self._invoke(request, context, failure_in_message=False)
+
+    async def _invoke(self, request: Any, context: grpc.aio.ServicerContext, *,
+                      failure_in_message: bool) -> pb.InvokeAgentResponse:
+        try:
+            if isinstance(request, messages.MalformedRequest):
+                raise InvalidInput(f"request is not a valid InvokeAgentRequest: {request.reason}")
+            spans = RunSpans() if requested_trace(request) else None
+            message = request.message
+            input, metadata = message_input(message), message_metadata(message)
+            async with self.manager.session() as session:
+                async with session.run(input, agent=self.agent, metadata=metadata,
+                                       timeout=_timeout(None, context)) as runner:
+                    context.set_trailing_metadata(((RUN_ID_KEY, runner.run_id),))
+                    try:
+                        output = await _result(runner, spans)
+                        reply = output_message(output, message, runner.run_id)
+                    except AgentRuntimeError as exc:
+                        if not (failure_in_message and _ran(runner)):
+                            raise
+                        reply = failed_message(message, exc.message)
+            return pb.InvokeAgentResponse(message=reply, trace=spans.trace() if spans is not None else None)
+        except AgentRuntimeError as exc:
+            await abort(context, exc)
+
+
+async def _result(runner: Runner, spans: RunSpans | None) -> Any:
+    """The run's output; with `spans`, its events are collected on the way."""
+    if spans is None:
+        return await runner.result()
+    async for event in runner.events():
+        spans.add(event)
+    return await runner.result()
+
+
+def _ran(runner: Runner) -> bool:
+    """The run itself failed (agent error, time limit, unsendable output), as opposed
+    to being refused or cancelled by its caller."""
+    return runner.status is not None and runner.status is not RunStatus.CANCELLED
+
+
+def method_handlers(servicer: RedpandaRuntimeServicer) -> dict[str, dict[str, grpc.RpcMethodHandler]]:
+    """Handlers by service name, with request parsing that maps undecodable bytes to INVALID_ARGUMENT."""
+    def handler(method: Any) -> dict[str, grpc.RpcMethodHandler]:
+        return {"InvokeAgent": grpc.unary_unary_rpc_method_handler(
+            method, request_deserializer=messages.parser(pb.InvokeAgentRequest),
+            response_serializer=pb.InvokeAgentResponse.SerializeToString)}
+
+    return {AGENT_RUNTIME_SERVICE: handler(servicer.InvokeAgent),
+            RUNTIME_SERVICE: handler(servicer.InvokeAgentV0)}

@@ -1,0 +1,34 @@
+"""Agents the client and interop tests serve (importable as `interop_agents:NAME` by subprocess servers)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from typing import Any
+
+from agent_runtime import EventType, current_run
+
+
+async def whoami(input: Any) -> Any:
+    """The input as the agent got it, with the run's metadata and the serving process id."""
+    run = current_run()
+    return {"input": input, "metadata": dict(run.metadata), "pid": os.getpid()}
+
+
+async def broken(input: Any) -> Any:
+    raise RuntimeError("secret internal detail")
+
+
+async def chatty(input: Any) -> Any:
+    """Reports one LLM call, as a model-backed agent does."""
+    runner = current_run().runner
+    runner.emit(EventType.LLM_START, {"model": "test-model"})
+    runner.emit(EventType.LLM_END, {"model": "test-model", "input_tokens": 7, "output_tokens": 3,
+                                    "finish_reason": "stop"})
+    return "said something"
+
+
+async def slow(input: Any) -> Any:
+    """Sleeps `input` seconds, then says so."""
+    await asyncio.sleep(float(input))
+    return f"slept {float(input):g}s"
