@@ -10,7 +10,10 @@ from agent_runtime import EventType, current_run
 
 
 async def whoami(input: Any) -> Any:
-    """The input as the agent got it, with the run's metadata and the serving process id."""
+    """The input as the agent got it, with the run's metadata and the serving process id;
+    `{"sleep": seconds}` makes it wait first."""
+    if isinstance(input, dict) and "sleep" in input:
+        await asyncio.sleep(input["sleep"])
     run = current_run()
     return {"input": input, "metadata": dict(run.metadata), "pid": os.getpid()}
 

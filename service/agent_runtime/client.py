@@ -310,7 +310,10 @@ class AgentRuntimeClient:
             return _health_status(await self._health.Check(health_pb2.HealthCheckRequest(service=service),
                                                            timeout=timeout, metadata=self._metadata))
         except grpc.RpcError as exc:
-            raise CallError.from_rpc_error(exc) from None
+            error = CallError.from_rpc_error(exc)
+            if error.code is grpc.StatusCode.NOT_FOUND and not error.message:
+                error = CallError(error.code, f"the server reports no health for service {service!r}")
+            raise error from None
 
 
 class SyncAgentRuntimeClient:

@@ -1,0 +1,114 @@
+"""`agent-runtime invoke | agents | health` end to end: the command in a subprocess
+against a server process, checking what a shell user sees (stdout, stderr, exit status)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT
+
+
+@pytest.fixture
+def server(server_process):
+    env = {"PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), os.environ["PYTHONPATH"]])}
+    return server_process("--agent", "agent_runtime.echo:echo_agent", "--agent", "interop_agents:broken",
+                          "--agent", "interop_agents:whoami", env=env)
+
+
+def cli(*args: str, env: dict[str, str] | None = None, stdin: bytes | None = None) -> subprocess.CompletedProcess:
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("AGENT_RUNTIME_")}
+    return subprocess.run([sys.executable, "-m", "agent_runtime", *args], capture_output=True, cwd=ROOT,
+                          env={**full_env, **(env or {})}, input=stdin, timeout=60)
+
+
+def test_invoke_prints_the_output(server):
+    done = cli("invoke", "--target", server.address, "--agent", "echo", "hello world")
+    assert (done.returncode, done.stdout, done.stderr) == (0, b"hello world\n", b"")
+
+
+def test_invoke_stream_prints_chunks_then_ends_the_line(server):
+    done = cli("invoke", "--target", server.address, "--agent", "echo", "--stream", "-v", "one two three")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == b"one two three\n"
+    events = [json.loads(line) for line in done.stderr.splitlines()]
+    assert [e["event"] for e in events] == ["started", "ended"]
+    assert events[-1]["status"] == "ok"
+
+
+def test_invoke_json_file_is_structured_input_and_env_sets_target_and_token(server, tmp_path):
+    request = tmp_path / "request.json"
+    request.write_text(json.dumps({"tool": "reverse", "arguments": {"text": "abc"}}))
+    done = cli("invoke", "--agent", "echo", f"@{request}",
+               env={"AGENT_RUNTIME_TARGET": server.address, "AGENT_RUNTIME_AUTH_TOKEN": "t0k"})
+    assert (done.returncode, done.stdout) == (0, b"cba\n"), done.stderr
+
+
+def test_invoke_structured_output_session_user_and_metadata(server):
+    done = cli("invoke", "--target", server.address, "--agent", "whoami", "--json", '{"q": [1, 2]}',
+               "--session", "s-1", "--user", "u-1", "--metadata", "tenant=acme", "-v")
+    assert done.returncode == 0, done.stderr
+    output = json.loads(done.stdout)
+    assert output["input"] == {"q": [1, 2]} and output["metadata"] == {"tenant": "acme"}
+    assert b"session s-1" in done.stderr
+
+
+def test_invoke_reads_stdin(server):
+    done = cli("invoke", "--target", server.address, "--agent", "echo", "@-", stdin="from stdin".encode())
+    assert done.stdout == b"from stdin\n"
+
+
+def test_failed_run_exits_1_with_status_and_message(server):
+    done = cli("invoke", "--target", server.address, "--agent", "broken", "x")
+    assert done.returncode == 1
+    assert done.stdout == b""
+    assert done.stderr.startswith(b"agent-runtime: INTERNAL: agent 'broken' failed with RuntimeError")
+    assert b"secret" not in done.stderr
+    streamed = cli("invoke", "--target", server.address, "--agent", "broken", "--stream", "x")
+    assert streamed.returncode == 1 and b"INTERNAL" in streamed.stderr
+
+
+def test_unknown_agent_exits_1(server):
+    done = cli("invoke", "--target", server.address, "--agent", "nope", "x")
+    assert done.returncode == 1
+    assert b"NOT_FOUND: no agent named 'nope'" in done.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    ((), b"the following arguments are required"),
+    (("@/no/such/file.json",), b"cannot read input file"),
+    (("--json", "{bad"), b"input is not valid JSON"),
+    (("--metadata", "novalue", "x"), b"--metadata takes KEY=VALUE"),
+    (("--cert", "c.pem", "x"), b"client_cert and client_key go together"),
+])
+def test_usage_errors_exit_2(args, message):
+    done = cli("invoke", "--target", "127.0.0.1:1", *args)
+    assert done.returncode == 2
+    assert message in done.stderr
+
+
+def test_unreachable_server_exits_3():
+    done = cli("invoke", "--target", "127.0.0.1:1", "x")
+    assert done.returncode == 3
+    assert done.stderr.startswith(b"agent-runtime: UNAVAILABLE:")
+    assert cli("health", "--target", "127.0.0.1:1").returncode == 3
+
+
+def test_agents_lists_the_served_agents(server):
+    done = cli("agents", "--target", server.address)
+    assert done.returncode == 0
+    assert [line.split(b"\t")[0] for line in done.stdout.splitlines()] == [b"echo", b"broken", b"whoami"]
+    as_json = json.loads(cli("agents", "--target", server.address, "--json").stdout)
+    assert as_json[0]["tools"][0]["name"] == "reverse"
+
+
+def test_health(server):
+    done = cli("health", "--target", server.address)
+    assert (done.returncode, done.stdout) == (0, b"SERVING\n")
+    unknown = cli("health", "--target", server.address, "--service", "no.such.Service")
+    assert unknown.returncode == 1
+    assert b"NOT_FOUND" in unknown.stderr

@@ -1,0 +1,287 @@
+"""The Python client (async and sync) against real servers on loopback: inputs and
+outputs, streaming, errors, retries with pushback, bearer token, TLS and mTLS."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+
+import interop_agents
+from agent_runtime import Blob, SessionManager
+from agent_runtime.client import (AgentRuntimeClient, CallError, ClientConfig, RunResult,
+                                  SyncAgentRuntimeClient)
+from agent_runtime.grpc.servicer import SERVICE_NAME, AgentRuntimeServicer, method_handlers
+
+
+@pytest.mark.parametrize("value", ["hello", {"a": [1, 2.5, None, True]}, [1, "two"], 3, None])
+async def test_text_and_structured_inputs_reach_the_agent_as_python(serve, value):
+    server = await serve(interop_agents.whoami)
+    async with AgentRuntimeClient(server.address) as client:
+        result = await client.invoke(value, metadata={"k": "v"}, user_id="u1", session_id="s1")
+    assert isinstance(result, RunResult)
+    assert result.output["input"] == value
+    assert result.output["metadata"] == {"k": "v"}
+    assert (result.agent, result.session_id, len(result.run_id)) == ("whoami", "s1", 32)
+
+
+async def test_binary_round_trip_through_echo(serve):
+    server = await serve()
+    async with AgentRuntimeClient(server.address) as client:
+        assert (await client.invoke(b"\x00\xff")).output == Blob(b"\x00\xff")
+        assert (await client.invoke(Blob(b"gif", "image/gif"))).output == Blob(b"gif", "image/gif")
+
+
+async def test_stream_yields_started_chunks_and_ended(serve):
+    server = await serve()
+    async with AgentRuntimeClient(server.address) as client:
+        events = [event async for event in client.stream("hello streaming world")]
+    assert [e.kind for e in events] == ["started", "chunk", "chunk", "chunk", "ended"]
+    assert "".join(e.chunk for e in events if e.kind == "chunk") == "hello streaming world"
+    assert [e.seq for e in events] == list(range(5))
+    assert events[-1].data["status"] == "ok" and events[-1].data["output"] == "hello streaming world"
+    assert len({e.run_id for e in events}) == 1
+
+
+async def test_stream_of_a_failed_run_raises_after_its_ended_event(serve):
+    server = await serve(interop_agents.broken)
+    seen = []
+    async with AgentRuntimeClient(server.address) as client:
+        with pytest.raises(CallError) as info:
+            async for event in client.stream("x"):
+                seen.append(event)
+    assert seen[-1].kind == "ended" and seen[-1].data["status"] == "error"
+    assert info.value.code is grpc.StatusCode.INTERNAL
+    assert info.value.run_id == seen[-1].run_id
+    assert "secret" not in info.value.message
+
+
+async def test_errors_carry_code_message_and_run_id(serve):
+    server = await serve()
+    async with AgentRuntimeClient(server.address) as client:
+        with pytest.raises(CallError) as info:
+            await client.invoke("x", agent="nope")
+        assert info.value.code is grpc.StatusCode.NOT_FOUND
+        assert "no agent named 'nope'" in str(info.value)
+        with pytest.raises(CallError) as info:
+            await client.invoke({"tool": "nope"})
+        assert info.value.code is grpc.StatusCode.INVALID_ARGUMENT and len(info.value.run_id) == 32
+        with pytest.raises(TypeError, match="no wire form"):
+            await client.invoke(object())
+
+
+async def test_list_agents_and_health(serve):
+    server = await serve()
+    async with AgentRuntimeClient(server.address) as client:
+        [agent] = await client.list_agents()
+        assert (agent.name, agent.streaming) == ("echo", True)
+        assert agent.tools[0]["name"] == "reverse"
+        assert await client.health() == "SERVING"
+        assert await client.health(SERVICE_NAME) == "SERVING"
+        with pytest.raises(CallError) as info:
+            await client.health("no.such.Service")
+        assert info.value.code is grpc.StatusCode.NOT_FOUND
+
+
+async def test_over_capacity_without_retries_reports_the_retry_hint(serve):
+    server = await serve(interop_agents.slow, max_concurrency=1, max_queue=0)
+    async with AgentRuntimeClient(server.address, max_attempts=1) as client:
+        holder = asyncio.ensure_future(client.invoke("1"))
+        while not server.manager.admission.in_use:
+            await asyncio.sleep(0.01)
+        with pytest.raises(CallError) as info:
+            await client.invoke("0")
+        assert info.value.code is grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert info.value.retry_after > 0
+        assert (await holder).output == "slept 1s"
+
+
+async def test_sync_client_does_what_the_async_one_does(serve):
+    server = await serve()
+
+    def use() -> tuple:
+        with SyncAgentRuntimeClient(server.address) as client:
+            result = client.invoke({"tool": "reverse", "arguments": {"text": "abc"}})
+            kinds = [event.kind for event in client.stream("a b")]
+            try:
+                client.invoke("x", agent="nope")
+            except CallError as exc:
+                code = exc.code
+            return result.output, kinds, client.health(), [a.name for a in client.list_agents()], code
+
+    output, kinds, health, names, code = await asyncio.to_thread(use)
+    assert output == "cba"
+    assert kinds == ["started", "chunk", "chunk", "ended"]
+    assert (health, names, code) == ("SERVING", ["echo"], grpc.StatusCode.NOT_FOUND)
+
+
+def test_sync_client_close_is_idempotent():
+    client = SyncAgentRuntimeClient("127.0.0.1:1")
+    client.close()
+    client.close()
+
+
+def test_config_is_checked_and_builds_a_service_config():
+    with pytest.raises(ValueError, match="max_attempts"):
+        ClientConfig(max_attempts=6)
+    with pytest.raises(ValueError, match="client_cert and client_key"):
+        ClientConfig(client_cert="c.pem")
+    with pytest.raises(ValueError, match="token"):
+        ClientConfig(token="a\nb")
+    config = ClientConfig("dns:///agents.ns.svc.cluster.local:50051")
+    service_config = config.service_config()
+    assert service_config["loadBalancingConfig"] == [{"round_robin": {}}]
+    policy = service_config["methodConfig"][0]["retryPolicy"]
+    assert policy["retryableStatusCodes"] == ["UNAVAILABLE", "RESOURCE_EXHAUSTED"]
+    assert "methodConfig" not in ClientConfig(max_attempts=1).service_config()
+    assert dict(config.channel_options())["grpc.keepalive_time_ms"] == 300_000
+
+
+# -- a hand-built server: the servicer behind an interceptor, for what RuntimeServer
+#    does not do here (refusing on purpose, checking a token)
+
+
+class Refuse(grpc.aio.ServerInterceptor):
+    """Answers RESOURCE_EXHAUSTED with a retry pushback to the first `times` calls."""
+
+    def __init__(self, times: int, pushback_ms: int) -> None:
+        self.times, self.pushback_ms, self.attempts = times, pushback_ms, []
+
+    async def intercept_service(self, continuation, details):
+        self.attempts.append(time.monotonic())
+        if len(self.attempts) > self.times:
+            return await continuation(details)
+
+        async def refuse(request, context):
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "busy",
+                                trailing_metadata=(("grpc-retry-pushback-ms", str(self.pushback_ms)),))
+
+        return grpc.unary_unary_rpc_method_handler(refuse)
+
+
+class RequireToken(grpc.aio.ServerInterceptor):
+    def __init__(self, token: str) -> None:
+        self.token = token
+
+    async def intercept_service(self, continuation, details):
+        if dict(details.invocation_metadata or ()).get("authorization") == f"Bearer {self.token}":
+            return await continuation(details)
+
+        async def refuse(request, context):
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong token")
+
+        return grpc.unary_unary_rpc_method_handler(refuse)
+
+
+@pytest.fixture
+async def custom_server():
+    servers = []
+
+    async def start(*, interceptors=(), credentials=None) -> str:
+        server = grpc.aio.server(interceptors=list(interceptors))
+        handlers = method_handlers(AgentRuntimeServicer(SessionManager(interop_agents.whoami)))
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
+        address = "127.0.0.1:0" if credentials is None else "localhost:0"
+        port = (server.add_insecure_port(address) if credentials is None
+                else server.add_secure_port(address, credentials))
+        await server.start()
+        servers.append(server)
+        return f"{address.split(':')[0]}:{port}"
+
+    yield start
+    for server in servers:
+        await server.stop(None)
+
+
+async def test_retries_honour_the_servers_pushback(custom_server):
+    refuse = Refuse(times=2, pushback_ms=300)
+    address = await custom_server(interceptors=[refuse])
+    async with AgentRuntimeClient(address, initial_backoff=0.01, max_backoff=0.02) as client:
+        result = await client.invoke("x")
+    assert result.output["input"] == "x"
+    assert len(refuse.attempts) == 3
+    gaps = [b - a for a, b in zip(refuse.attempts, refuse.attempts[1:])]
+    assert min(gaps) >= 0.3  # waited as the server asked, not the client's own 10-20 ms backoff
+
+
+async def test_retries_give_up_after_max_attempts(custom_server):
+    refuse = Refuse(times=10, pushback_ms=1)
+    address = await custom_server(interceptors=[refuse])
+    async with AgentRuntimeClient(address, max_attempts=3) as client:
+        with pytest.raises(CallError) as info:
+            await client.invoke("x")
+    assert info.value.code is grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert len(refuse.attempts) == 3
+
+
+async def test_bearer_token_is_sent(custom_server):
+    address = await custom_server(interceptors=[RequireToken("s3cret")])
+    async with AgentRuntimeClient(address, token="s3cret") as client:
+        assert (await client.invoke("x")).output["input"] == "x"
+    async with AgentRuntimeClient(address) as client:
+        with pytest.raises(CallError) as info:
+            await client.invoke("x")
+    assert info.value.code is grpc.StatusCode.UNAUTHENTICATED
+
+
+def _certificates(tmp_path):
+    """A CA, a server certificate for localhost and a client certificate, as PEM files."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+
+    def issue(name, issuer_name=None, issuer_key=None, *, ca=False, san=None):
+        key = ec.generate_private_key(ec.SECP256R1())
+        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+        builder = (x509.CertificateBuilder().subject_name(subject).issuer_name(issuer_name or subject)
+                   .public_key(key.public_key()).serial_number(x509.random_serial_number())
+                   .not_valid_before(now - datetime.timedelta(minutes=5))
+                   .not_valid_after(now + datetime.timedelta(days=1))
+                   .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+        if san:
+            builder = builder.add_extension(x509.SubjectAlternativeName([x509.DNSName(san)]), critical=False)
+        cert = builder.sign(issuer_key or key, hashes.SHA256())
+        return cert, key
+
+    ca, ca_key = issue("test-ca", ca=True)
+    files = {}
+    for name, (cert, key) in {"ca": (ca, ca_key),
+                              "server": issue("localhost", ca.subject, ca_key, san="localhost"),
+                              "client": issue("client", ca.subject, ca_key, san="client")}.items():
+        (tmp_path / f"{name}.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        (tmp_path / f"{name}.key").write_bytes(key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+        files[name] = (str(tmp_path / f"{name}.pem"), str(tmp_path / f"{name}.key"))
+    return files
+
+
+async def test_mutual_tls(custom_server, tmp_path):
+    files = _certificates(tmp_path)
+    def read(path: str) -> bytes:
+        return Path(path).read_bytes()
+
+    credentials = grpc.ssl_server_credentials(
+        [(read(files["server"][1]), read(files["server"][0]))], root_certificates=read(files["ca"][0]),
+        require_client_auth=True)
+    address = await custom_server(credentials=credentials)
+    async with AgentRuntimeClient(address, ca_cert=files["ca"][0], client_cert=files["client"][0],
+                                  client_key=files["client"][1]) as client:
+        assert (await client.invoke("over tls")).output["input"] == "over tls"
+    async with AgentRuntimeClient(address, ca_cert=files["ca"][0], max_attempts=1) as client:
+        with pytest.raises(CallError) as info:  # no client certificate: the handshake fails
+            await client.invoke("x", timeout=10)
+    assert info.value.code is grpc.StatusCode.UNAVAILABLE
+    async with AgentRuntimeClient(address, max_attempts=1) as client:  # plaintext to a TLS port
+        with pytest.raises(CallError):
+            await client.invoke("x", timeout=10)
+
+
+def test_call_error_says_code_message_and_run():
+    assert str(CallError(grpc.StatusCode.INTERNAL, "boom", run_id="abc")) == "INTERNAL: boom (run abc)"
