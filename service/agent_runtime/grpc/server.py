@@ -252,7 +252,6 @@ class RuntimeServer:
         Returns the process exit code: 0 after a drain, 128 + the signal number
         when a second signal cut the drain short."""
         address = await self.start()
-        (announce or (_announce_plugin if self.config.plugin_handshake else _announce))(address)
         loop = asyncio.get_running_loop()
         signals: list[int] = []
         stopping: list[asyncio.Future] = []
@@ -269,6 +268,8 @@ class RuntimeServer:
 
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, on_signal, signum)
+        # announced once signals drain: a supervisor may signal as soon as it reads the address
+        (announce or (_announce_plugin if self.config.plugin_handshake else _announce))(address)
         try:
             await self.wait_stopped()
         finally:
