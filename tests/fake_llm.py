@@ -40,6 +40,7 @@ class FakeLLM:
         self.port = 0
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
+        self._handlers: set[asyncio.Task] = set()
 
     @property
     def base_url(self) -> str:
@@ -74,10 +75,14 @@ class FakeLLM:
             self._server.close()
             for writer in list(self._writers):
                 writer.close()
+            if self._handlers:
+                await asyncio.wait(self._handlers)
             await self._server.wait_closed()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._writers.add(writer)
+        handler = asyncio.current_task()
+        self._handlers.add(handler)
         try:
             while await self._one_request(reader, writer):
                 pass
@@ -85,6 +90,7 @@ class FakeLLM:
             self.disconnected.set()
         finally:
             self._writers.discard(writer)
+            self._handlers.discard(handler)
             writer.close()
 
     async def _one_request(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:

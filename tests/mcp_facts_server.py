@@ -2,6 +2,7 @@
 streamable HTTP on 127.0.0.1 with `--http` (prints `port N` when listening)."""
 
 import asyncio
+import os
 import socket
 import sys
 
@@ -22,6 +23,18 @@ def capital(country: str) -> str:
 def refuse(reason: str) -> str:
     """Always fails with `reason`."""
     raise ToolError(reason)
+
+
+@server.tool()
+def server_pid() -> int:
+    """The process id of this server."""
+    return os.getpid()
+
+
+@server.tool()
+def crash() -> str:
+    """End this server's process at once."""
+    os._exit(3)
 
 
 async def serve_http() -> None:

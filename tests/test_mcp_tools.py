@@ -11,7 +11,7 @@ import grpc
 import pytest
 from conftest import runtime_pb2, stub
 
-from agent_runtime import Agent, MCPServer
+from agent_runtime import Agent, MCPServer, ProviderUnavailable, SessionManager
 
 FACTS = str(Path(__file__).with_name("mcp_facts_server.py"))
 
@@ -50,7 +50,7 @@ async def test_stdio_mcp_tool_is_called(fake_llm, serve, channel_to):
     assert [(t.tool, t.status, t.result.string_value) for t in tool_ended] == [
         ("capital", runtime_pb2.RUN_STATUS_OK, "Oslo")]
     offered = {t["function"]["name"]: t["function"] for t in fake_llm.requests[0]["tools"]}
-    assert set(offered) == {"capital", "refuse"}
+    assert set(offered) == {"capital", "refuse", "server_pid", "crash"}
     assert offered["capital"]["description"] == "The capital city of a country."
     assert offered["capital"]["parameters"]["required"] == ["country"]
     assert fake_llm.requests[1]["messages"][-1]["content"] == "Oslo"
@@ -92,3 +92,35 @@ def test_mcp_server_needs_one_transport():
         MCPServer()
     with pytest.raises(ValueError, match="exactly one of `url`"):
         MCPServer(url="http://x/mcp", command="python")
+
+
+async def ask_in_python(manager: SessionManager, question: str = "?") -> str:
+    async with manager.session() as session, session.run(question) as runner:
+        return await runner.result()
+
+
+async def test_runs_share_one_stdio_server_and_reconnect_when_it_dies(fake_llm):
+    manager = SessionManager(facts_agent(fake_llm, MCPServer(command=sys.executable, args=[FACTS])))
+    try:
+        pids = []
+        for script in ("server_pid", "server_pid", "crash", "server_pid"):
+            fake_llm.call((script, {})).reply("ok")
+            await ask_in_python(manager)
+            pids.append(fake_llm.requests[-1]["messages"][-1]["content"])
+    finally:
+        await manager.aclose()
+    first, second, crashed, after = pids
+    assert first == second and first.isdigit()
+    assert crashed == "Error: MCPError: Connection closed"
+    assert after.isdigit() and after != first
+
+
+async def test_mcp_server_that_never_answers(fake_llm):
+    hung = MCPServer(command=sys.executable, args=["-c", "import time; time.sleep(60)"], timeout=0.5)
+    agent = facts_agent(fake_llm, hung)
+    try:
+        with pytest.raises(ProviderUnavailable, match=r"MCP server .* did not answer within 0.5s"):
+            await agent.run("x")
+    finally:
+        await agent.aclose()
+    assert fake_llm.requests == []

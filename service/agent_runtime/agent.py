@@ -44,7 +44,7 @@ class Agent:
 
     `model` is `provider/model` (see `llm.py` for endpoints and keys);
     `output_type` (a pydantic model, dataclass, TypedDict...) makes the answer
-    structured data; `mcp_servers` adds each run the tools of those MCP servers.
+    structured data; `mcp_servers` add the tools of those MCP servers.
     """
 
     name: str
@@ -105,8 +105,10 @@ class Agent:
         return await run_agent(self, input)
 
     async def aclose(self) -> None:
-        """Close this event loop's pooled connections to the model provider."""
+        """Close this event loop's connections: to the model provider, to MCP servers."""
         await self.chat_model.aclose()
+        for server in self.mcp_servers:
+            await server.aclose()
 
 
 def _as_tool(obj: Any) -> Tool:

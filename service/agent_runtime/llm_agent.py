@@ -52,37 +52,36 @@ async def run_agent(agent: "Agent", input: Any) -> Any:
 
 async def _run(agent: "Agent", input: Any, run: RunContext | None) -> Any:
     session = run.runner.session if run is not None and run.runner is not None else None
-    async with contextlib.AsyncExitStack() as stack:
-        tools = list(agent.tools)
-        for server in agent.mcp_servers:
-            tools += await stack.enter_async_context(server.connect())
-        by_name = _by_name(agent, tools)
-        history = await session.history(agent.name) if session is not None else []
-        turn = [user_message(input)]
-        messages = ([{"role": "system", "content": agent.instructions}] if agent.instructions else [])
-        messages += history + turn
-        for _ in range(agent.max_turns):
-            response = await _ask_model(agent, run, messages, by_name)
-            reply = response.message()
-            messages.append(reply)
-            turn.append(reply)
-            if response.tool_calls:
-                results = await _call_tools(agent, run, by_name, response.tool_calls)
-                messages += results
-                turn += results
-                continue
-            try:
-                output = agent.parse_output(response.text)
-            except ValueError as exc:
-                correction = {"role": "user", "content": (
-                    f"That answer does not match the required JSON schema: {exc}\n"
-                    "Answer again with only a JSON value that matches it.")}
-                messages.append(correction)
-                turn.append(correction)
-                continue
-            if session is not None:
-                await session.remember(agent.name, turn)
-            return output
+    tools = list(agent.tools)
+    for server in agent.mcp_servers:
+        tools += await server.list_tools()
+    by_name = _by_name(agent, tools)
+    history = await session.history(agent.name) if session is not None else []
+    turn = [user_message(input)]
+    messages = ([{"role": "system", "content": agent.instructions}] if agent.instructions else [])
+    messages += history + turn
+    for _ in range(agent.max_turns):
+        response = await _ask_model(agent, run, messages, by_name)
+        reply = response.message()
+        messages.append(reply)
+        turn.append(reply)
+        if response.tool_calls:
+            results = await _call_tools(agent, run, by_name, response.tool_calls)
+            messages += results
+            turn += results
+            continue
+        try:
+            output = agent.parse_output(response.text)
+        except ValueError as exc:
+            correction = {"role": "user", "content": (
+                f"That answer does not match the required JSON schema: {exc}\n"
+                "Answer again with only a JSON value that matches it.")}
+            messages.append(correction)
+            turn.append(correction)
+            continue
+        if session is not None:
+            await session.remember(agent.name, turn)
+        return output
     raise MaxTurnsExceeded(f"agent {agent.name!r} reached max_turns ({agent.max_turns}) "
                            "without a final answer")
 
