@@ -37,14 +37,15 @@ async def test_seed_agent_answers_through_the_provider(fake_llm, channel_to, tmp
     script = tmp_path / "seed.py"
     script.write_text(SEED)
     env = {**os.environ, "OPENAI_BASE_URL": fake_llm.base_url, "OPENAI_API_KEY": "seed-key",
-           "AGENT_RUNTIME_PORT": "0"}
-    proc = await asyncio.create_subprocess_exec(sys.executable, str(script), env=env,
-                                                stdout=asyncio.subprocess.PIPE,
-                                                stderr=asyncio.subprocess.DEVNULL)
+           "AGENT_RUNTIME_PORT": "0", "AGENT_RUNTIME_METRICS_PORT": "0"}
+    log = tmp_path / "stderr.txt"
+    with log.open("w") as stderr:
+        proc = await asyncio.create_subprocess_exec(sys.executable, str(script), env=env,
+                                                    stdout=asyncio.subprocess.PIPE, stderr=stderr)
     try:
-        line = (await asyncio.wait_for(proc.stdout.readline(), 30)).decode()
+        line = (await asyncio.wait_for(proc.stdout.readline(), 60)).decode()
         match = LISTENING.search(line)
-        assert match, line
+        assert match, f"{line!r} {log.read_text()}"
         fake_llm.reply("Hi external user!")
         reply = await stub(channel_to(f"{match.group(1)}:{match.group(2)}")).Invoke(
             runtime_pb2.InvokeRequest(input=runtime_pb2.Payload(text="Hello from outside!")))
@@ -56,7 +57,7 @@ async def test_seed_agent_answers_through_the_provider(fake_llm, channel_to, tmp
             {"role": "user", "content": "Hello from outside!"}]
         assert request["_headers"]["authorization"] == "Bearer seed-key"
         proc.send_signal(signal.SIGTERM)
-        assert await asyncio.wait_for(proc.wait(), 30) == 0
+        assert await asyncio.wait_for(proc.wait(), 60) == 0, log.read_text()
     finally:
         if proc.returncode is None:
             proc.kill()
