@@ -9,7 +9,7 @@ from typing import Any
 import helm_python
 import yaml
 
-from container_image import PodSpec
+from bench.container_image import PodSpec
 
 CHART = Path(__file__).resolve().parent.parent / "helm" / "agent-runtime"
 RELEASE = "demo"

@@ -19,9 +19,10 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from bench.image import seconds_to_serving
 from chart_render import config_file, config_mount_path, objects, one, pod_spec
 from conftest import runtime_pb2, stub
-from container_image import (IMAGE_TAG, build_image, docker, docker_daemon, ensure_base_image, free_port,
+from bench.container_image import (IMAGE_TAG, build_image, docker, docker_daemon, ensure_base_image, free_port,
                              image_config, run_args)
 
 # The first test also builds the base image (debootstrap, about a minute) and the image.
@@ -207,3 +208,7 @@ async def test_docker_stop_drains_runs_in_flight(pod, channel_to):
     assert await stop.wait() == 0
     assert running.exit_code() == 0, running.logs()  # SIGKILL at the grace's end would be 137
     assert "drained; 0 runs were cancelled" in running.logs()
+
+
+def test_bench_times_a_cold_start(image):
+    assert seconds_to_serving(image) > 0
