@@ -212,3 +212,22 @@ async def test_docker_stop_drains_runs_in_flight(pod, channel_to):
 
 def test_bench_times_a_cold_start(image):
     assert seconds_to_serving(image) > 0
+
+
+async def test_runs_longer_than_the_drain_are_cancelled_and_the_process_still_exits_0(pod, channel_to):
+    running = pod({"server": {"drain_timeout": 1}})
+    grace = running.deployment["terminationGracePeriodSeconds"]
+    client = stub(channel_to(running.address))
+    started = asyncio.Event()
+    run = asyncio.ensure_future(_stream_to_end(client, 600, started))
+    await asyncio.wait_for(started.wait(), 30)
+    stop = await asyncio.create_subprocess_exec("/usr/bin/docker", "stop", "--time", str(grace), running.name,
+                                                stdout=asyncio.subprocess.DEVNULL)
+    with pytest.raises(grpc.aio.AioRpcError) as cut:
+        await run
+    # Cancelled at the drain deadline: UNAVAILABLE, so the caller retries on another replica.
+    assert cut.value.code() is grpc.StatusCode.UNAVAILABLE
+    assert "retry on another replica" in cut.value.details()
+    assert await stop.wait() == 0
+    assert running.exit_code() == 0, running.logs()
+    assert "drained; 1 runs were cancelled" in running.logs()
