@@ -133,7 +133,22 @@ def test_bad_agent_config(entry, message, monkeypatch):
 
 
 def test_import_stays_light():
-    code = ("import sys, agent_runtime; agent_runtime.Agent(name='a'); "
-            "print(sorted({m.split('.')[0] for m in sys.modules} & {'openai', 'mcp', 'httpx2'}))")
+    """The SDKs load with the agents that need them (at start-up), not with the package."""
+    code = ("import sys, agent_runtime\n"
+            "def loaded(): return sorted({m.split('.')[0] for m in sys.modules} & {'openai', 'mcp'})\n"
+            "print(loaded())\n"
+            "agent_runtime.Agent(name='a')\n"
+            "print(loaded())\n"
+            "agent_runtime.MCPServer(url='http://x/mcp')\n"
+            "print(loaded())\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "[]"
+    assert out.stdout.split("\n")[:3] == ["[]", "['openai']", "['mcp', 'openai']"]
+
+
+def test_mcp_server_without_the_mcp_package():
+    code = ("import sys; sys.modules['mcp'] = None  # as if not installed\n"
+            "import agent_runtime\n"
+            "try:\n    agent_runtime.MCPServer(url='http://x/mcp')\n"
+            "except ValueError as exc:\n    print(exc)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "MCP tools need the `mcp` package: pip install 'agent-runtime[mcp]'"

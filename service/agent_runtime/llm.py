@@ -12,7 +12,8 @@ API key: the agent's `api_key`, the variable its `api_key_env` names,
 The `openai` SDK retries 408/409/429/5xx and connection errors with exponential
 backoff (honouring `Retry-After`) up to `max_retries` times; what still fails is
 `ProviderUnavailable` (an outage: retry later) or `ProviderRejected` (the request
-itself is bad). `openai` is imported on the first call, not with the package.
+itself is bad). `openai` is imported when a ChatModel is made (at start-up, not
+with the package, and not by the first run, which would stall the event loop).
 """
 
 from __future__ import annotations
@@ -119,6 +120,8 @@ class ChatModel:
         self.timeout = timeout
         self.max_retries = max_retries
         self.settings = dict(settings or {})
+        import openai.resources.chat  # noqa: F401  (loaded now, not inside the first run)
+
         if self.provider not in PROVIDERS and not self._configured_base_url():
             raise ValueError(
                 f"unknown model provider {self.provider!r} (of model {name!r}): give the agent a "

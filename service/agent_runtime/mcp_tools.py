@@ -6,7 +6,8 @@
 model then sees as ordinary `Tool`s; later and concurrent runs share that
 connection (a stdio server is started once, not per run). A connection that
 fails or is lost is made again by the next run; `aclose()` (called when the
-server stops) ends it. `mcp` is imported only when a run connects.
+server stops) ends it. `mcp` is imported when an MCPServer is made, not with
+the package.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
-import importlib.util
 import logging
 import weakref
 from dataclasses import dataclass, field
@@ -59,8 +59,10 @@ class MCPServer:
             raise ValueError("an MCPServer needs exactly one of `url` (streamable HTTP) or `command` (stdio)")
         if self.timeout <= 0:
             raise ValueError("MCPServer timeout must be > 0")
-        if importlib.util.find_spec("mcp") is None:
-            raise ValueError("MCP tools need the `mcp` package: pip install 'agent-runtime[mcp]'")
+        try:
+            import mcp.client.client  # noqa: F401  (loaded now, not inside the first run)
+        except ImportError:
+            raise ValueError("MCP tools need the `mcp` package: pip install 'agent-runtime[mcp]'") from None
         object.__setattr__(self, "args", tuple(self.args))
 
     @property
