@@ -40,12 +40,22 @@ def test_invoke_stream_prints_chunks_then_ends_the_line(server):
     assert events[-1]["status"] == "ok"
 
 
-def test_invoke_json_file_is_structured_input_and_env_sets_target_and_token(server, tmp_path):
+def test_invoke_json_file_is_structured_input(server, tmp_path):
     request = tmp_path / "request.json"
     request.write_text(json.dumps({"tool": "reverse", "arguments": {"text": "abc"}}))
-    done = cli("invoke", "--agent", "echo", f"@{request}",
-               env={"AGENT_RUNTIME_TARGET": server.address, "AGENT_RUNTIME_AUTH_TOKEN": "t0k"})
+    done = cli("invoke", "--target", server.address, "--agent", "echo", f"@{request}")
     assert (done.returncode, done.stdout) == (0, b"cba\n"), done.stderr
+
+
+def test_token_and_target_from_the_environment(server_process):
+    server = server_process(env={"AGENT_RUNTIME_AUTH_TOKEN": "t0k"})
+    done = cli("invoke", "hi", env={"AGENT_RUNTIME_TARGET": server.address, "AGENT_RUNTIME_AUTH_TOKEN": "t0k"})
+    assert (done.returncode, done.stdout) == (0, b"hi\n"), done.stderr
+    refused = cli("invoke", "--target", server.address, "hi")
+    assert refused.returncode == 4
+    assert refused.stderr.startswith(b"agent-runtime: UNAUTHENTICATED:")
+    wrong = cli("invoke", "--target", server.address, "--token", "nope", "hi")
+    assert wrong.returncode == 4
 
 
 def test_invoke_structured_output_session_user_and_metadata(server):

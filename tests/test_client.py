@@ -4,14 +4,13 @@ outputs, streaming, errors, retries with pushback, bearer token, TLS and mTLS.""
 from __future__ import annotations
 
 import asyncio
-import datetime
 import time
-from pathlib import Path
 
 import grpc
 import pytest
 
 import interop_agents
+from certs import CA
 from agent_runtime import Blob, SessionManager
 from agent_runtime.client import (AgentRuntimeClient, CallError, ClientConfig, RunResult,
                                   SyncAgentRuntimeClient)
@@ -138,11 +137,7 @@ def test_config_is_checked_and_builds_a_service_config():
     policy = service_config["methodConfig"][0]["retryPolicy"]
     assert policy["retryableStatusCodes"] == ["UNAVAILABLE", "RESOURCE_EXHAUSTED"]
     assert "methodConfig" not in ClientConfig(max_attempts=1).service_config()
-    assert dict(config.channel_options())["grpc.keepalive_time_ms"] == 300_000
-
-
-# -- a hand-built server: the servicer behind an interceptor, for what RuntimeServer
-#    does not do here (refusing on purpose, checking a token)
+    assert dict(config.channel_options())["grpc.keepalive_time_ms"] == 60_000
 
 
 class Refuse(grpc.aio.ServerInterceptor):
@@ -163,43 +158,28 @@ class Refuse(grpc.aio.ServerInterceptor):
         return grpc.unary_unary_rpc_method_handler(refuse)
 
 
-class RequireToken(grpc.aio.ServerInterceptor):
-    def __init__(self, token: str) -> None:
-        self.token = token
-
-    async def intercept_service(self, continuation, details):
-        if dict(details.invocation_metadata or ()).get("authorization") == f"Bearer {self.token}":
-            return await continuation(details)
-
-        async def refuse(request, context):
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong token")
-
-        return grpc.unary_unary_rpc_method_handler(refuse)
-
-
 @pytest.fixture
-async def custom_server():
+async def refusing_server():
+    """The AgentRuntime servicer behind an interceptor that refuses the first calls."""
     servers = []
 
-    async def start(*, interceptors=(), credentials=None) -> str:
-        server = grpc.aio.server(interceptors=list(interceptors))
+    async def start(refuse: Refuse) -> str:
+        server = grpc.aio.server(interceptors=[refuse])
         handlers = method_handlers(AgentRuntimeServicer(SessionManager(interop_agents.whoami)))
         server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
-        address = "127.0.0.1:0" if credentials is None else "localhost:0"
-        port = (server.add_insecure_port(address) if credentials is None
-                else server.add_secure_port(address, credentials))
+        port = server.add_insecure_port("127.0.0.1:0")
         await server.start()
         servers.append(server)
-        return f"{address.split(':')[0]}:{port}"
+        return f"127.0.0.1:{port}"
 
     yield start
     for server in servers:
         await server.stop(None)
 
 
-async def test_retries_honour_the_servers_pushback(custom_server):
+async def test_retries_honour_the_servers_pushback(refusing_server):
     refuse = Refuse(times=2, pushback_ms=300)
-    address = await custom_server(interceptors=[refuse])
+    address = await refusing_server(refuse)
     async with AgentRuntimeClient(address, initial_backoff=0.01, max_backoff=0.02) as client:
         result = await client.invoke("x")
     assert result.output["input"] == "x"
@@ -208,9 +188,9 @@ async def test_retries_honour_the_servers_pushback(custom_server):
     assert min(gaps) >= 0.3  # waited as the server asked, not the client's own 10-20 ms backoff
 
 
-async def test_retries_give_up_after_max_attempts(custom_server):
+async def test_retries_give_up_after_max_attempts(refusing_server):
     refuse = Refuse(times=10, pushback_ms=1)
-    address = await custom_server(interceptors=[refuse])
+    address = await refusing_server(refuse)
     async with AgentRuntimeClient(address, max_attempts=3) as client:
         with pytest.raises(CallError) as info:
             await client.invoke("x")
@@ -218,69 +198,38 @@ async def test_retries_give_up_after_max_attempts(custom_server):
     assert len(refuse.attempts) == 3
 
 
-async def test_bearer_token_is_sent(custom_server):
-    address = await custom_server(interceptors=[RequireToken("s3cret")])
-    async with AgentRuntimeClient(address, token="s3cret") as client:
+async def test_bearer_token_is_sent(serve):
+    server = await serve(interop_agents.whoami, auth_token="s3cret")
+    async with AgentRuntimeClient(server.address, token="s3cret") as client:
         assert (await client.invoke("x")).output["input"] == "x"
-    async with AgentRuntimeClient(address) as client:
-        with pytest.raises(CallError) as info:
-            await client.invoke("x")
-    assert info.value.code is grpc.StatusCode.UNAUTHENTICATED
+    for token in (None, "wrong"):
+        async with AgentRuntimeClient(server.address, token=token) as client:
+            with pytest.raises(CallError) as info:
+                await client.invoke("x")
+            assert info.value.code is grpc.StatusCode.UNAUTHENTICATED
+            assert await client.health() == "SERVING"  # health is exempt: probes carry no token
 
 
-def _certificates(tmp_path):
-    """A CA, a server certificate for localhost and a client certificate, as PEM files."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    now = datetime.datetime.now(datetime.timezone.utc)
-
-    def issue(name, issuer_name=None, issuer_key=None, *, ca=False, san=None):
-        key = ec.generate_private_key(ec.SECP256R1())
-        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-        builder = (x509.CertificateBuilder().subject_name(subject).issuer_name(issuer_name or subject)
-                   .public_key(key.public_key()).serial_number(x509.random_serial_number())
-                   .not_valid_before(now - datetime.timedelta(minutes=5))
-                   .not_valid_after(now + datetime.timedelta(days=1))
-                   .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
-        if san:
-            builder = builder.add_extension(x509.SubjectAlternativeName([x509.DNSName(san)]), critical=False)
-        cert = builder.sign(issuer_key or key, hashes.SHA256())
-        return cert, key
-
-    ca, ca_key = issue("test-ca", ca=True)
-    files = {}
-    for name, (cert, key) in {"ca": (ca, ca_key),
-                              "server": issue("localhost", ca.subject, ca_key, san="localhost"),
-                              "client": issue("client", ca.subject, ca_key, san="client")}.items():
-        (tmp_path / f"{name}.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-        (tmp_path / f"{name}.key").write_bytes(key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
-        files[name] = (str(tmp_path / f"{name}.pem"), str(tmp_path / f"{name}.key"))
-    return files
-
-
-async def test_mutual_tls(custom_server, tmp_path):
-    files = _certificates(tmp_path)
-    def read(path: str) -> bytes:
-        return Path(path).read_bytes()
-
-    credentials = grpc.ssl_server_credentials(
-        [(read(files["server"][1]), read(files["server"][0]))], root_certificates=read(files["ca"][0]),
-        require_client_auth=True)
-    address = await custom_server(credentials=credentials)
-    async with AgentRuntimeClient(address, ca_cert=files["ca"][0], client_cert=files["client"][0],
-                                  client_key=files["client"][1]) as client:
+async def test_mutual_tls(serve, tmp_path):
+    server_ca, client_ca = CA("server-ca"), CA("client-ca")
+    cert, key = server_ca.issue("localhost").write(tmp_path, "server")
+    client_cert, client_key = client_ca.issue("client", server=False).write(tmp_path, "client")
+    (tmp_path / "server-ca.pem").write_bytes(server_ca.pem)
+    (tmp_path / "client-ca.pem").write_bytes(client_ca.pem)
+    server = await serve(interop_agents.whoami, tls_cert=str(cert), tls_key=str(key),
+                         tls_client_ca=str(tmp_path / "client-ca.pem"))
+    ca = str(tmp_path / "server-ca.pem")
+    async with AgentRuntimeClient(server.address, ca_cert=ca, client_cert=str(client_cert),
+                                  client_key=str(client_key)) as client:
         assert (await client.invoke("over tls")).output["input"] == "over tls"
-    async with AgentRuntimeClient(address, ca_cert=files["ca"][0], max_attempts=1) as client:
-        with pytest.raises(CallError) as info:  # no client certificate: the handshake fails
-            await client.invoke("x", timeout=10)
-    assert info.value.code is grpc.StatusCode.UNAVAILABLE
-    async with AgentRuntimeClient(address, max_attempts=1) as client:  # plaintext to a TLS port
-        with pytest.raises(CallError):
-            await client.invoke("x", timeout=10)
+    async with AgentRuntimeClient(f"localhost:{server.port}", ca_cert=ca, server_name="localhost",
+                                  client_cert=str(client_cert), client_key=str(client_key)) as client:
+        assert await client.health() == "SERVING"
+    for settings in ({"ca_cert": ca}, {}, {"tls": True}):  # no client certificate, plaintext, wrong CA
+        async with AgentRuntimeClient(server.address, max_attempts=1, **settings) as client:
+            with pytest.raises(CallError) as info:
+                await client.invoke("x", timeout=10)
+            assert info.value.code is grpc.StatusCode.UNAVAILABLE
 
 
 def test_call_error_says_code_message_and_run():

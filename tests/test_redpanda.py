@@ -13,6 +13,9 @@ from pathlib import Path
 import grpc
 import pytest
 from google.protobuf import timestamp_pb2
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 import interop_agents
 from agent_runtime import echo
@@ -144,6 +147,7 @@ async def test_trace_context_returns_the_run_spans(serve, channel_to):
     attributes = {k: value_to_python(v) for k, v in root.attributes.items()}
     assert attributes["gen_ai.operation.name"] == "invoke_agent"
     assert attributes["agent_runtime.run.status"] == "ok"
+    assert len(attributes["agent_runtime.run.id"]) == 32
     assert len(root.span_id) == 16 and int(root.span_id, 16)
     [tool] = root.child_spans
     assert tool.name == "execute_tool reverse"
@@ -249,3 +253,59 @@ async def test_client_built_from_the_first_redpanda_protocol_version(serve, tmp_
     assert json.loads(out) == {"text_payload": "structured", "text_input": "hello", "metadata_seen": "legacy",
                                "metadata_kept": "legacy", "blob": "0001",
                                "list": ["integer_value", "double_value"]}
+
+
+# -- with tracing on: the spans returned are the run's real spans, under the caller's span
+
+
+@pytest.fixture
+def traced():
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    yield provider, exporter
+    provider.shutdown()
+
+
+async def test_traced_server_returns_its_exported_spans_under_the_callers_span(serve, channel_to, traced):
+    provider, exporter = traced
+    server = await serve(tracer_provider=provider)
+    message = mpb.Message(structured=to_value({"tool": "reverse", "arguments": {"text": "abc"}}))
+    reply = await stubs(channel_to(server.address))["AgentRuntime"].InvokeAgent(
+        pb.InvokeAgentRequest(message=message, trace_context=TRACE))
+    assert reply.message.bytes == b"cba"
+    [root] = reply.trace.spans
+    assert root.name == "invoke_agent echo"
+    assert [child.name for child in root.child_spans] == ["execute_tool reverse"]
+    exported = {format(span.context.span_id, "016x"): span for span in exporter.get_finished_spans()}
+    invoke = exported[root.span_id]  # the very span this server exported
+    assert format(invoke.context.trace_id, "032x") == TRACE.trace_id
+    assert format(invoke.parent.span_id, "016x") == TRACE.span_id
+    assert exported[root.child_spans[0].span_id].parent.span_id == invoke.context.span_id
+    assert value_to_python(root.attributes["gen_ai.agent.name"]) == "echo"
+
+
+async def test_traced_concurrent_calls_each_get_their_own_spans(serve, channel_to, traced):
+    provider, _ = traced
+    server = await serve(interop_agents.whoami, tracer_provider=provider)
+    stub = stubs(channel_to(server.address))["Runtime"]
+    contexts = [pb.TraceContext(trace_id=f"{i + 1:032x}", span_id=f"{i + 1:016x}", trace_flags="01")
+                for i in range(8)]
+    replies = await asyncio.gather(*(
+        stub.InvokeAgent(pb.InvokeAgentRequest(message=mpb.Message(structured=to_value({"sleep": 0.05})),
+                                               trace_context=ctx)) for ctx in contexts))
+    run_ids = set()
+    for reply in replies:
+        [root] = reply.trace.spans
+        assert not root.child_spans
+        run_ids.add(value_to_python(root.attributes["agent_runtime.run.id"]))
+    assert len(run_ids) == 8
+
+
+async def test_traced_server_without_trace_context_returns_no_trace(serve, channel_to, traced):
+    provider, exporter = traced
+    server = await serve(tracer_provider=provider)
+    reply = await stubs(channel_to(server.address))["AgentRuntime"].InvokeAgent(
+        pb.InvokeAgentRequest(message=mpb.Message(bytes=b"x")))
+    assert not reply.HasField("trace")
+    assert any(span.name == "invoke_agent echo" for span in exporter.get_finished_spans())

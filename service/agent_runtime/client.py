@@ -10,7 +10,7 @@ Channel defaults are made for service-to-service calls inside a cluster:
 round_robin over every address the name resolves to (point it at a headless
 Service), retries of UNAVAILABLE and RESOURCE_EXHAUSTED with exponential
 backoff that honour the server's `grpc-retry-pushback-ms` hint, and keepalive
-pings no more often than a default gRPC server accepts. TLS (server CA, client
+pings every minute to find dead connections. TLS (server CA, client
 certificate for mTLS) and a bearer token match the server's settings.
 """
 
@@ -49,8 +49,9 @@ class ClientConfig:
     `target` is any gRPC target: `host:port`, `dns:///name:port` (a headless
     Service resolves to every pod), `ipv4:10.0.0.1:50051,10.0.0.2:50051`.
     `max_attempts` counts the first attempt (1 disables retries; gRPC caps it
-    at 5). `keepalive_time` 0 disables keepalive pings; below 300 s the server
-    must allow that ping rate, or it closes the connection (too_many_pings).
+    at 5). `keepalive_time` (0 disables pings) must not be below the server's
+    `keepalive_permit_interval` (10 s by default; a plain gRPC server's is 300 s),
+    or the server closes the connection (too_many_pings).
     """
 
     target: str = "127.0.0.1:50051"
@@ -64,7 +65,7 @@ class ClientConfig:
     max_attempts: int = 5
     initial_backoff: float = 0.1
     max_backoff: float = 5.0
-    keepalive_time: float = 300.0
+    keepalive_time: float = 60.0
     keepalive_timeout: float = 20.0
     max_message_bytes: int = 4 * 1024 * 1024
     options: tuple[tuple[str, Any], ...] = ()

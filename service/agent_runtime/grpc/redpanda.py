@@ -13,6 +13,7 @@ capacity, draining) are gRPC statuses on both, with the usual retry hint.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import grpc
@@ -25,7 +26,7 @@ from ..runner import Runner
 from ..session import SessionManager
 from . import messages
 from .redpanda_messages import failed_message, message_input, message_metadata, output_message
-from .redpanda_trace import RunSpans, requested_trace
+from .redpanda_trace import CollectedSpans, EventSpans, recorder
 from .servicer import _timeout
 from .status import RUN_ID_KEY, abort
 
@@ -35,11 +36,13 @@ SERVICE_NAMES = (AGENT_RUNTIME_SERVICE, RUNTIME_SERVICE)
 
 
 class RedpandaRuntimeServicer:
-    """InvokeAgent for one served agent (`agent`, or the only one when empty)."""
+    """InvokeAgent for one served agent (`agent`, or the only one when empty); `traced`
+    when the server's tracer provider has a `redpanda_trace.SpanCollector`."""
 
-    def __init__(self, manager: SessionManager, agent: str = "") -> None:
+    def __init__(self, manager: SessionManager, agent: str = "", *, traced: bool = False) -> None:
         self.manager = manager
         self.agent = manager.agent(agent or None).name
+        self.traced = traced
 
     async def InvokeAgent(self, request: Any, context: grpc.aio.ServicerContext) -> pb.InvokeAgentResponse:
         """The current protocol: a failed run comes back in `message.error`."""
@@ -54,28 +57,29 @@ class RedpandaRuntimeServicer:
         try:
             if isinstance(request, messages.MalformedRequest):
                 raise InvalidInput(f"request is not a valid InvokeAgentRequest: {request.reason}")
-            spans = RunSpans() if requested_trace(request) else None
+            spans = recorder(request, self.traced)
             message = request.message
             input, metadata = message_input(message), message_metadata(message)
-            async with self.manager.session() as session:
-                async with session.run(input, agent=self.agent, metadata=metadata,
-                                       timeout=_timeout(None, context)) as runner:
-                    context.set_trailing_metadata(((RUN_ID_KEY, runner.run_id),))
-                    try:
-                        output = await _result(runner, spans)
-                        reply = output_message(output, message, runner.run_id)
-                    except AgentRuntimeError as exc:
-                        if not (failure_in_message and _ran(runner)):
-                            raise
-                        reply = failed_message(message, exc.message)
+            with spans.scope() if spans is not None else contextlib.nullcontext():
+                async with self.manager.session() as session:
+                    async with session.run(input, agent=self.agent, metadata=metadata,
+                                           timeout=_timeout(None, context)) as runner:
+                        context.set_trailing_metadata(((RUN_ID_KEY, runner.run_id),))
+                        try:
+                            output = await _result(runner, spans)
+                            reply = output_message(output, message, runner.run_id)
+                        except AgentRuntimeError as exc:
+                            if not (failure_in_message and _ran(runner)):
+                                raise
+                            reply = failed_message(message, exc.message)
             return pb.InvokeAgentResponse(message=reply, trace=spans.trace() if spans is not None else None)
         except AgentRuntimeError as exc:
             await abort(context, exc)
 
 
-async def _result(runner: Runner, spans: RunSpans | None) -> Any:
-    """The run's output; with `spans`, its events are collected on the way."""
-    if spans is None:
+async def _result(runner: Runner, spans: EventSpans | CollectedSpans | None) -> Any:
+    """The run's output; its events go to `spans` on the way when it builds from them."""
+    if spans is None or not spans.needs_events:
         return await runner.result()
     async for event in runner.events():
         spans.add(event)

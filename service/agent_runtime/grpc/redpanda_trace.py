@@ -1,23 +1,34 @@
-"""The spans of one run, built from its events, as Redpanda's `Trace`.
+"""The spans of one run as Redpanda's `Trace`, for callers that send a `trace_context`.
 
 A Redpanda host (Redpanda Connect) sends its span in `trace_context` and
-re-creates the spans returned in `Trace` under it, in its own tracer. The run's
-events say everything those spans need: `invoke_agent {agent}` from run.start
-to run.end, with a child `chat {model}` per LLM call and `execute_tool {tool}`
-per tool call, named and attributed after the OpenTelemetry GenAI conventions.
-Building them from events needs no tracer on this side and costs nothing for
-callers that send no trace context.
+re-creates the spans returned in `Trace` under it, in its own tracer. Two
+recorders give the same span tree (`invoke_agent {agent}` with `chat {model}`
+and `execute_tool {tool}` children, after the OpenTelemetry GenAI conventions):
+
+- `CollectedSpans`, when this server traces (tracing.py): the run's real spans,
+  made under the caller's span and gathered by `SpanCollector`, a span processor
+  that hands each ended span to the Redpanda call whose run made it (through a
+  context variable the run inherits). The returned span ids are those exported.
+- `EventSpans`, when it does not: the spans built from the run's own events, so
+  no tracer is needed on this side.
+
+Callers that send no trace context cost nothing either way.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import re
 import secrets
-from collections import deque
+from collections import defaultdict, deque
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterator
 
 from google.protobuf import timestamp_pb2
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
 
 from .._proto.redpanda.runtime.v1alpha1 import agent_pb2 as pb
 from ..errors import InvalidInput
@@ -27,18 +38,18 @@ from .redpanda_messages import to_value
 _HEX = re.compile(r"[0-9a-fA-F]+")
 
 
-def requested_trace(request: pb.InvokeAgentRequest) -> bool:
-    """Whether the caller sent a trace context (and so wants the run's spans);
+def recorder(request: pb.InvokeAgentRequest, traced: bool) -> "EventSpans | CollectedSpans | None":
+    """What records the run's spans for the caller: None when it sent no trace context;
     InvalidInput when it sent a malformed one."""
     if not request.HasField("trace_context") or not request.trace_context.trace_id:
-        return False
+        return None
     ctx = request.trace_context
     for name, text, size in (("trace_id", ctx.trace_id, 32), ("span_id", ctx.span_id, 16)):
         if len(text) != size or not _HEX.fullmatch(text) or not int(text, 16):
             raise InvalidInput(f"trace_context.{name} must be {size} hex digits, not all zero")
     if ctx.trace_flags and (len(ctx.trace_flags) != 2 or not _HEX.fullmatch(ctx.trace_flags)):
         raise InvalidInput("trace_context.trace_flags must be 2 hex digits")
-    return True
+    return CollectedSpans(ctx) if traced else EventSpans()
 
 
 @dataclass
@@ -60,13 +71,19 @@ class _Span:
 
 
 def _timestamp(seconds: float) -> timestamp_pb2.Timestamp:
+    return _timestamp_ns(int(seconds * 1e9))
+
+
+def _timestamp_ns(nanoseconds: int) -> timestamp_pb2.Timestamp:
     stamp = timestamp_pb2.Timestamp()
-    stamp.FromNanoseconds(int(seconds * 1e9))
+    stamp.FromNanoseconds(nanoseconds)
     return stamp
 
 
-class RunSpans:
-    """Collects one run's events into its span tree; `trace()` returns it as a Trace."""
+class EventSpans:
+    """Builds one run's span tree from its events; `trace()` returns it as a Trace."""
+
+    needs_events = True
 
     def __init__(self) -> None:
         self.root: _Span | None = None
@@ -82,10 +99,12 @@ class RunSpans:
 
     def _run_started(self, event: RunEvent) -> None:
         run = event.run
-        self.root = _Span(f"invoke_agent {run.agent}", event.time, {
+        queue_wait = float(event.data["queue_wait"])
+        # as tracing.py's: the span covers the wait for a slot too
+        self.root = _Span(f"invoke_agent {run.agent}", event.time - queue_wait, {
             "gen_ai.operation.name": "invoke_agent", "gen_ai.agent.name": run.agent,
-            "gen_ai.conversation.id": run.session_id, "agent_runtime.run_id": run.run_id,
-            "agent_runtime.queue_wait_s": float(event.data["queue_wait"])})
+            "gen_ai.conversation.id": run.session_id, "agent_runtime.run.id": run.run_id,
+            "agent_runtime.queue_wait": queue_wait})
 
     def _run_ended(self, event: RunEvent) -> None:
         data, root = event.data, self.root
@@ -139,8 +158,69 @@ class RunSpans:
         return pb.Trace(spans=[self.root.message(self._last_time)])
 
 
+    def scope(self) -> contextlib.AbstractContextManager:
+        return contextlib.nullcontext()
+
+
 _HANDLERS = {
-    EventType.RUN_START: RunSpans._run_started, EventType.RUN_END: RunSpans._run_ended,
-    EventType.LLM_START: RunSpans._llm_started, EventType.LLM_END: RunSpans._llm_ended,
-    EventType.TOOL_START: RunSpans._tool_started, EventType.TOOL_END: RunSpans._tool_ended,
+    EventType.RUN_START: EventSpans._run_started, EventType.RUN_END: EventSpans._run_ended,
+    EventType.LLM_START: EventSpans._llm_started, EventType.LLM_END: EventSpans._llm_ended,
+    EventType.TOOL_START: EventSpans._tool_started, EventType.TOOL_END: EventSpans._tool_ended,
 }
+
+_collecting: contextvars.ContextVar[list[ReadableSpan] | None] = contextvars.ContextVar(
+    "agent_runtime_redpanda_spans", default=None)
+
+
+class SpanCollector(SpanProcessor):
+    """Gives each ended span to the collecting call it belongs to (one context variable
+    read per span; spans of other calls are left alone)."""
+
+    def on_end(self, span: ReadableSpan) -> None:
+        spans = _collecting.get()
+        if spans is not None:
+            spans.append(span)
+
+
+class CollectedSpans:
+    """The run's real spans: the run starts under the caller's span, its ended spans are
+    collected, and `trace()` returns them as a tree."""
+
+    needs_events = False
+
+    def __init__(self, caller: pb.TraceContext) -> None:
+        self.spans: list[ReadableSpan] = []
+        self.parent = trace.set_span_in_context(trace.NonRecordingSpan(trace.SpanContext(
+            trace_id=int(caller.trace_id, 16), span_id=int(caller.span_id, 16), is_remote=True,
+            trace_flags=trace.TraceFlags(int(caller.trace_flags or "01", 16)))))
+
+    @contextlib.contextmanager
+    def scope(self) -> Iterator[None]:
+        """Around the run: what it starts inherits the caller's span and this collector."""
+        collecting, attached = _collecting.set(self.spans), otel_context.attach(self.parent)
+        try:
+            yield
+        finally:
+            otel_context.detach(attached)
+            _collecting.reset(collecting)
+
+    def trace(self) -> pb.Trace:
+        ids = {span.context.span_id for span in self.spans}
+        children: dict[int, list[ReadableSpan]] = defaultdict(list)
+        roots = []
+        for span in sorted(self.spans, key=lambda s: s.start_time or 0):
+            if span.parent is not None and span.parent.span_id in ids:
+                children[span.parent.span_id].append(span)
+            else:
+                roots.append(span)
+
+        def message(span: ReadableSpan) -> pb.Span:
+            converted = pb.Span(span_id=trace.format_span_id(span.context.span_id), name=span.name,
+                                start_time=_timestamp_ns(span.start_time or 0),
+                                end_time=_timestamp_ns(span.end_time or span.start_time or 0),
+                                child_spans=[message(child) for child in children[span.context.span_id]])
+            for key, value in (span.attributes or {}).items():
+                converted.attributes[key].CopyFrom(to_value(value))
+            return converted
+
+        return pb.Trace(spans=[message(span) for span in roots])

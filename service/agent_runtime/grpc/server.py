@@ -43,6 +43,7 @@ from ..metrics import GrpcMetrics, MetricsEndpoint, MetricsSink
 from ..runlog import RunLogSink
 from ..session import SessionManager
 from . import auth, redpanda, tls
+from .redpanda_trace import SpanCollector
 from .instrument import ObservedRegistrar, RpcObserver
 from .servicer import SERVICE_NAME, AgentRuntimeServicer, method_handlers
 
@@ -99,6 +100,10 @@ class RuntimeServer:
             tracer = self.tracer_provider.get_tracer(tracing.INSTRUMENTATION)
             manager.add_sink(tracing.TracingSink(tracer))
             self.observers.append(tracing.RpcTracer(tracer))
+        self._span_collector = None
+        if hasattr(self.tracer_provider, "add_span_processor"):  # an SDK provider: Redpanda callers get its spans
+            self._span_collector = SpanCollector()
+            self.tracer_provider.add_span_processor(self._span_collector)
         manager.add_sink(RunLogSink())
         self.metrics: MetricsEndpoint | None = None
         self.health = health_aio.HealthServicer()
@@ -195,7 +200,9 @@ class RuntimeServer:
                         "protocol is not served")
             return {}
         try:
-            return redpanda.method_handlers(redpanda.RedpandaRuntimeServicer(self.manager, cfg.redpanda_agent))
+            servicer = redpanda.RedpandaRuntimeServicer(self.manager, cfg.redpanda_agent,
+                                                        traced=self._span_collector is not None)
+            return redpanda.method_handlers(servicer)
         except AgentRuntimeError as exc:
             raise ConfigError(f"redpanda_agent: {exc.message}") from None
 
