@@ -21,7 +21,9 @@ CHAT_PATH = "/v1/chat/completions"
 @dataclass
 class Reply:
     """One scripted answer: `text`, or `tool_calls` [(name, arguments JSON text)], or an
-    HTTP error `status`, or `hang` (never answer)."""
+    HTTP error `status`, or `hang` (never answer). A streamed answer may be `cut` (the
+    connection closes half way, with no finish reason and no [DONE]) or end in an SSE
+    `stream_error`; `garbage` is a 200 answer whose body is not JSON."""
 
     text: str = ""
     tool_calls: list[tuple[str, str]] = field(default_factory=list)
@@ -30,6 +32,9 @@ class Reply:
     hang: bool = False
     chunk_delay: float = 0.0
     usage: tuple[int, int] = (11, 7)
+    cut: bool = False
+    stream_error: str = ""
+    garbage: bool = False
 
 
 class FakeLLM:
@@ -122,6 +127,10 @@ class FakeLLM:
         if request.get("stream"):
             await self._stream(request, reply, reader, writer)
             return False
+        if reply.garbage:
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 9\r\n\r\n{not json")
+            await writer.drain()
+            return True
         await _send_json(writer, 200, _completion(request, reply))
         return True
 
@@ -133,14 +142,21 @@ class FakeLLM:
                       writer: asyncio.StreamWriter) -> None:
         writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n")
         watcher = asyncio.ensure_future(self._await_disconnect(reader))
+        chunks = _chunks(request, reply)
+        if reply.cut:
+            chunks = chunks[:len(chunks) // 2]
+        if reply.stream_error:
+            chunks = chunks[:2] + [{"error": {"message": reply.stream_error, "type": "server_error"}}]
         try:
-            for chunk in _chunks(request, reply):
+            for chunk in chunks:
                 if watcher.done():
                     return
                 writer.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
                 await writer.drain()
                 if reply.chunk_delay:
                     await asyncio.wait((watcher,), timeout=reply.chunk_delay)
+            if reply.cut:
+                return
             writer.write(b"data: [DONE]\n\n")
             await writer.drain()
         finally:

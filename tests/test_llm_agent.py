@@ -471,3 +471,25 @@ async def test_failed_model_call_ends_its_llm_event_with_the_error(fake_llm):
     assert llm_end["finish_reason"] == "error"
     assert llm_end["error"] == "model provider 'openai' rejected the request (HTTP 422): bad schema"
     assert events[-1].data["error"] == llm_end["error"]
+
+
+@pytest.mark.parametrize("reply, message", [
+    ({"cut": True}, "the model provider's stream ended before the answer was complete"),
+    ({"stream_error": "overloaded now"}, "model provider 'openai' reported an error: overloaded now"),
+])
+async def test_broken_streams_are_unavailable(fake_llm, serve, channel_to, reply, message):
+    fake_llm.reply("one two three four five six", **reply)
+    server = await serve(calc(fake_llm, max_retries=0))
+    events = []
+    with pytest.raises(grpc.aio.AioRpcError) as failure:
+        async for event in stub(channel_to(server.address)).InvokeStream(
+                runtime_pb2.InvokeRequest(input=runtime_pb2.Payload(text="count"))):
+            events.append(event)
+    assert failure.value.code() == grpc.StatusCode.UNAVAILABLE and failure.value.details() == message
+    assert events[-1].ended.status == runtime_pb2.RUN_STATUS_ERROR and events[-1].ended.error == message
+
+
+async def test_malformed_answer_is_unavailable(fake_llm):
+    fake_llm.reply("x", garbage=True)
+    with pytest.raises(ProviderUnavailable, match="model provider 'openai' answered with malformed JSON"):
+        await run_once(calc(fake_llm, max_retries=0))

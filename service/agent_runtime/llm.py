@@ -19,6 +19,7 @@ with the package, and not by the first run, which would stall the event loop).
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import weakref
@@ -187,6 +188,9 @@ class ChatModel:
                 return await _collect(stream, on_text)
         except openai.OpenAIError as exc:
             raise self._domain_error(exc, endpoint) from exc
+        except json.JSONDecodeError as exc:
+            raise ProviderUnavailable(f"model provider {self.provider!r} answered with malformed JSON: "
+                                      f"{exc}") from exc
 
     def _domain_error(self, exc: Exception, endpoint: Endpoint) -> AgentRuntimeError:
         import openai
@@ -206,7 +210,7 @@ class ChatModel:
                 return ProviderUnavailable(f"{who} is unavailable (HTTP {code} after {self.max_retries} "
                                            f"retries): {detail}")
             return ProviderRejected(f"{who} rejected the request (HTTP {code}): {detail}")
-        return ProviderUnavailable(f"{who} failed: {type(exc).__name__}: {_detail(exc)}")
+        return ProviderUnavailable(f"{who} reported an error: {_detail(exc)}")
 
 
 def _detail(exc: Exception) -> str:
@@ -252,6 +256,8 @@ async def _collect(stream: Any, on_text: Callable[[str], None]) -> ModelResponse
                 call[1] = call[1] or part.function.name or ""
                 call[2] += part.function.arguments or ""
         finish_reason = choice.finish_reason or finish_reason
+    if not finish_reason:
+        raise ProviderUnavailable("the model provider's stream ended before the answer was complete")
     tool_calls = tuple(ToolCallRequest(call_id or f"call_{index}", name, arguments)
                        for index, (call_id, name, arguments) in sorted(calls.items()))
     return ModelResponse("".join(text), tool_calls, finish_reason, input_tokens, output_tokens)
