@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any, AsyncIterator, Callable
 
@@ -82,14 +83,21 @@ def stub(channel: grpc.aio.Channel) -> runtime_pb2_grpc.AgentRuntimeStub:
 
 
 class ServerProcess:
-    """`python -m agent_runtime serve ...` as a subprocess; its address read from stdout."""
+    """`python -m agent_runtime serve ...` as a subprocess; its address read from stdout.
+
+    Its stderr goes to a file, not a pipe: a busy server logs a line per run, and a
+    pipe nobody reads would fill up and stall it. `proc.stderr.read()` reads that
+    file (all of it once the process has exited)."""
 
     def __init__(self, args: list[str], env: dict[str, str] | None = None) -> None:
         full_env = {**os.environ, **(env or {})}
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "agent_runtime", "serve", "--host", "127.0.0.1", "--port", "0",
-             "--metrics-port", "0", *args],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=full_env, cwd=ROOT)
+        fd, self._stderr_path = tempfile.mkstemp(prefix="agent-runtime-stderr-")
+        with os.fdopen(fd, "w") as stderr:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "agent_runtime", "serve", "--host", "127.0.0.1", "--port", "0",
+                 "--metrics-port", "0", *args],
+                stdout=subprocess.PIPE, stderr=stderr, text=True, env=full_env, cwd=ROOT)
+        self.proc.stderr = open(self._stderr_path)
         line = self.proc.stdout.readline()
         match = LISTENING.search(line)
         if not match:
@@ -109,6 +117,7 @@ class ServerProcess:
             self.proc.wait(10)
         for stream in (self.proc.stdout, self.proc.stderr):
             stream.close()
+        os.unlink(self._stderr_path)
 
 
 @pytest.fixture
