@@ -38,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--duration", type=float, help="seconds per measured h2load run (default 5)")
     parser.add_argument("--sections", help=f"comma-separated subset of: {', '.join(available_sections())}")
     parser.add_argument("--no-nat", action="store_true", help="leave out NeMo Agent Toolkit's nat serve")
-    parser.add_argument("--profile", choices=("runtime", "metrics", "bare"),
+    parser.add_argument("--profile", choices=("runtime", "metrics", "traced", "bare"),
                         help="instead of benchmarking, profile one contender under unary load with py-spy")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT,
                         help="report to write (a PNG chart is written beside it)")

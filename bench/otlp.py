@@ -28,7 +28,7 @@ class OtlpReceiver:
         return self.process.address
 
     def spans(self, settle: float = 0.0) -> int:
-        """Spans received; waits up to `settle` seconds for the count to stop growing."""
+        """Spans received, once the count has stopped growing for a second (or after `settle` s)."""
         count = self.process.stats()["spans"]
         deadline = time.monotonic() + settle
         while time.monotonic() < deadline:

@@ -8,6 +8,7 @@ the most total time.
 from __future__ import annotations
 
 import collections
+import re
 import subprocess
 from pathlib import Path
 
@@ -18,10 +19,19 @@ from .h2load import Load
 from .harness import Bench, log
 
 
+_LINE = re.compile(r":\d+\)$")  # "f (file.py:12)" -> "f (file.py)": time per function, not per line
+
+
 def run(bench: Bench, out_dir: Path, which: str = "runtime", concurrency: int = 16, top: int = 25) -> None:
     py_spy = ensure_py_spy()
-    chosen = {"runtime": c.unary_runtime(), "metrics": c.unary_runtime(c.METRICS, metrics=True),
-              "bare": c.bare()}[which]
+    if which == "traced":
+        from .otlp import OtlpReceiver
+
+        receiver = OtlpReceiver.start(bench)
+        chosen = c.unary_runtime(c.TRACED, metrics=True, env=c.tracing_env(receiver.address))
+    else:
+        chosen = {"runtime": c.unary_runtime(), "metrics": c.unary_runtime(c.METRICS, metrics=True),
+                  "bare": c.bare()}[which]
     server = bench.start(chosen)
     load = Load(f"http://{server.address}{wire.INVOKE}", bench.body("invoke.grpc", wire.invoke_body("hello")),
                 wire.GRPC_HEADERS)
@@ -43,7 +53,7 @@ def run(bench: Bench, out_dir: Path, which: str = "runtime", concurrency: int = 
     for line in raw.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
         n = int(count)
-        frames = stack.split(";")
+        frames = [_LINE.sub(")", frame) for frame in stack.split(";")]
         samples += n
         own[frames[-1]] += n
         for frame in set(frames):

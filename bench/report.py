@@ -52,7 +52,7 @@ class Target:
     def text(self) -> tuple[str, str, str]:
         op = ">=" if self.at_least else "<="
         scale = 100 if self.unit == "%" else 1
-        fmt = ".1f" if self.unit != "ms" else ".3f"
+        fmt = {"ms": ".3f", "%": ".1f", "MB": ".1f"}.get(self.unit, ".2f")
         measured = f"{self.measured * scale:{fmt}} {self.unit}"
         if self.spread:
             measured += f" (+-{self.spread * 100:.0f}%)"

@@ -108,6 +108,27 @@ async def test_events_in_order_with_custom_and_chunks():
     assert recorder.events[0].run.metadata == {"k": "v"} and recorder.events[0].run.session_id == "s"
 
 
+async def test_sinks_get_only_the_event_types_they_ask_for():
+    async def chatty(input):
+        emit_event("thinking")
+        emit_chunk("a")
+        return "a"
+
+    class EndsOnly(Recorder):
+        event_types = frozenset({EventType.RUN_END})
+
+    ends, everything = EndsOnly(), Recorder()
+    manager = SessionManager(chatty, sinks=[ends])
+    manager.add_sink(everything)
+    async with manager.session() as session:
+        async with session.run("x") as runner:
+            assert await runner.result() == "a"
+    assert [e.type for e in ends.events] == [EventType.RUN_END]
+    assert [e.type for e in everything.events] == [EventType.RUN_START, EventType.CUSTOM, EventType.CHUNK,
+                                                   EventType.RUN_END]
+    assert ends.events[0] is everything.events[-1] and ends.events[0].seq == 3
+
+
 async def test_events_stream_for_streaming_caller():
     async def chatty(input):
         emit_chunk("a")

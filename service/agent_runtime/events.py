@@ -11,7 +11,7 @@ import asyncio
 import enum
 from collections import deque
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Mapping, Protocol
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Protocol
 
 if TYPE_CHECKING:
     from .context import RunContext
@@ -57,10 +57,18 @@ class EventSink(Protocol):
     """Receives every event of every run, synchronously, in the run's own task.
 
     It must be quick and must not raise (an exception is logged and dropped).
-    Because it runs in the run's task, it sees the run's contextvars.
+    Because it runs in the run's task, it sees the run's contextvars. A sink that
+    wants only some event types says so in an `event_types` attribute (a set of
+    EventType); events that no sink wants and nobody streams are never built.
     """
 
     def on_event(self, event: RunEvent) -> None: ...
+
+
+def routes(sinks: "Iterable[EventSink]") -> dict[EventType, tuple[EventSink, ...]]:
+    """The sinks that want each event type, in registration order."""
+    sinks = tuple(sinks)
+    return {kind: tuple(s for s in sinks if kind in getattr(s, "event_types", EventType)) for kind in EventType}
 
 
 class EventBuffer:

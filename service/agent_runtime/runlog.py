@@ -22,6 +22,8 @@ TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 class RunLogSink:
     """Logs one line per run end: INFO when it succeeded, WARNING otherwise."""
 
+    event_types = frozenset({EventType.RUN_END})
+
     def on_event(self, event: RunEvent) -> None:
         if event.type is not EventType.RUN_END:
             return

@@ -23,11 +23,10 @@ import asyncio
 import contextvars
 import logging
 import time
-import uuid
 from typing import TYPE_CHECKING, Any, AsyncIterator, Mapping
 
 from .agent import AgentSpec, CallKind
-from .context import RunContext, _set
+from .context import RunContext, _set, new_id
 from .errors import AgentError, AgentRuntimeError, Draining, RunCancelled, RunTimeout
 from .events import EventBuffer, EventType, RunEvent, RunStatus
 
@@ -42,6 +41,11 @@ _END_STATUS = {RunTimeout: RunStatus.TIMEOUT, RunCancelled: RunStatus.CANCELLED}
 class Runner:
     """Async context manager for one run: `async with session.run(input) as runner`."""
 
+    __slots__ = ("session", "manager", "agent", "input", "metadata", "run_id", "context", "status",
+                 "queue_wait", "duration", "input_tokens", "output_tokens", "_timeout", "_deadline",
+                 "_task", "_done", "_released", "_buffer", "_timer", "_grace_timer", "_seq", "_started",
+                 "_cancel_status", "_ended", "_abandoned", "_admitted")
+
     def __init__(self, session: "Session", agent: AgentSpec, input: Any, *,
                  metadata: Mapping[str, str] | None = None, timeout: float | None = None) -> None:
         self.session = session
@@ -49,7 +53,7 @@ class Runner:
         self.agent = agent
         self.input = input
         self.metadata = metadata or {}
-        self.run_id = uuid.uuid4().hex
+        self.run_id = new_id()
         self.context: RunContext | None = None
         self.status: RunStatus | None = None
         self.queue_wait = 0.0
@@ -87,11 +91,11 @@ class Runner:
             self._release()
             return
         self._cancel(RunStatus.CANCELLED)
-        released = self._released
-        if not released.done():
+        if self._admitted:
             # Bounded: the task ends or is abandoned `cancel_grace` after the cancel.
             # If this wait is cancelled, the slot is still freed then, not now.
-            await released
+            self._released = asyncio.get_running_loop().create_future()
+            await self._released
 
     def _release(self) -> None:
         """Give the slot back, once; called when the run's task is done or abandoned."""
@@ -175,11 +179,11 @@ class Runner:
         self.context = RunContext(self.run_id, self.agent.name, session.session_id,
                                   session.user_id, self.metadata, streaming, self)
         self._done = loop.create_future()
-        self._released = loop.create_future()
         # The run's own context: sinks see it on run.start and run.end, the agent runs in it.
         context = contextvars.copy_context()
         context.run(_set, self.context)
-        context.run(self.emit, EventType.RUN_START, {"queue_wait": self.queue_wait})
+        if self._wanted(EventType.RUN_START):
+            context.run(self.emit, EventType.RUN_START, {"queue_wait": self.queue_wait})
         task = self._task = loop.create_task(self._execute(), context=context)
         task.add_done_callback(self._on_task_done, context=context)
         if self._timeout is not None:
@@ -255,7 +259,7 @@ class Runner:
         if type is EventType.LLM_END:
             self.input_tokens += data.get("input_tokens") or 0
             self.output_tokens += data.get("output_tokens") or 0
-        sinks, buffer = self.manager.sinks, self._buffer
+        sinks, buffer = self.manager.routes[type], self._buffer
         if not sinks and buffer is None:
             return
         event = RunEvent(self.context, seq, type, time.time(), data)
@@ -273,15 +277,20 @@ class Runner:
     def emit_custom(self, name: str, data: Any = None) -> None:
         self.emit(EventType.CUSTOM, {"name": name, "data": data})
 
+    def _wanted(self, type: EventType) -> bool:
+        """Whether a sink or the caller's stream wants events of `type` (else none is built)."""
+        return bool(self.manager.routes[type]) or self._buffer is not None
+
     def _end(self, status: RunStatus, output: Any, error: str) -> None:
         if self._ended:
             return
         self.status = status
         self.duration = time.perf_counter() - self._started
-        self.emit(EventType.RUN_END, {
-            "status": status, "output": output, "error": error, "duration": self.duration,
-            "queue_wait": self.queue_wait, "input_tokens": self.input_tokens,
-            "output_tokens": self.output_tokens})
+        if self._wanted(EventType.RUN_END):
+            self.emit(EventType.RUN_END, {
+                "status": status, "output": output, "error": error, "duration": self.duration,
+                "queue_wait": self.queue_wait, "input_tokens": self.input_tokens,
+                "output_tokens": self.output_tokens})
         self._ended = True
 
     # -- cancellation ------------------------------------------------------

@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import uuid
 from typing import Any, Iterable, Mapping, Sequence
 
 from .admission import Admission
 from .agent import AgentSpec, agents_from
+from .context import new_id
 from .errors import AgentNotFound, Draining, InvalidInput
-from .events import EventSink
+from .events import EventSink, EventType, routes
 from .history import HistoryStore, InMemoryHistory, Message
 from .runner import Runner
 
@@ -91,6 +91,7 @@ class SessionManager:
         self.default_timeout = default_timeout or None
         self.cancel_grace = cancel_grace
         self.sinks: list[EventSink] = list(sinks)
+        self.routes: dict[EventType, tuple[EventSink, ...]] = routes(self.sinks)
         self.history: HistoryStore = history if history is not None else InMemoryHistory()
         self._runs: dict[str, Runner] = {}
         self._abandoned: set[asyncio.Task] = set()
@@ -111,9 +112,10 @@ class SessionManager:
 
     def add_sink(self, sink: EventSink) -> None:
         self.sinks.append(sink)
+        self.routes = routes(self.sinks)
 
     def session(self, user_id: str = "", session_id: str | None = None) -> Session:
-        return Session(self, user_id, session_id or uuid.uuid4().hex)
+        return Session(self, user_id, session_id or new_id())
 
     def agent(self, name: str | None = None) -> AgentSpec:
         """The agent called `name`; with no name, the only agent served."""

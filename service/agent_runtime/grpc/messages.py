@@ -5,13 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
-from google.protobuf import duration_pb2, timestamp_pb2
+from google.protobuf import duration_pb2
 from google.protobuf.message import DecodeError
 
 from .._proto.agent_runtime.v1 import runtime_pb2 as pb
 from ..agent import AgentSpec
 from ..errors import AgentError, InvalidInput
 from ..events import EventType, RunEvent, RunStatus
+from ..runner import Runner
 from ..payload import to_payload, to_python, to_value
 
 MAX_ID_CHARS = 256
@@ -68,6 +69,8 @@ def _checked_id(name: str, value: str) -> str:
 
 def checked_metadata(metadata: Mapping[str, str]) -> dict[str, str]:
     """The run's metadata as a dict, within the size limits (InvalidInput beyond them)."""
+    if not metadata:
+        return {}  # the common case: no checks, no walk over the protobuf map
     if len(metadata) > MAX_METADATA_ENTRIES:
         raise InvalidInput(f"metadata has {len(metadata)} entries; at most {MAX_METADATA_ENTRIES} are allowed")
     for key, value in metadata.items():
@@ -103,6 +106,28 @@ def output_payload(output: Any, run_id: str) -> pb.Payload:
         raise AgentError(f"the agent's output cannot be sent: {exc}", run_id=run_id) from None
 
 
+def set_output(target: pb.Payload, output: Any, run_id: str) -> None:
+    """Fill `target` (a field of the message being built) with an agent's output; text,
+    the common case, is set in place rather than built apart and copied."""
+    if type(output) is str:
+        target.text = output
+    else:
+        target.CopyFrom(output_payload(output, run_id))
+
+
+def invoke_response(runner: Runner, output: Any) -> pb.InvokeResponse:
+    """The reply to Invoke: the run's ids, output and usage, built in place."""
+    run_id = runner.run_id
+    response = pb.InvokeResponse(run_id=run_id, agent=runner.agent.name,
+                                 session_id=runner.session.session_id,
+                                 trace_id=runner.context.scratch.get("trace_id", ""))
+    set_output(response.output, output, run_id)
+    usage = response.usage
+    usage.input_tokens = runner.input_tokens
+    usage.output_tokens = runner.output_tokens
+    return response
+
+
 def usage(data: Mapping[str, Any]) -> pb.Usage:
     return pb.Usage(input_tokens=data.get("input_tokens") or 0,
                     output_tokens=data.get("output_tokens") or 0)
@@ -130,7 +155,7 @@ def _started(event: RunEvent, msg: pb.InvokeEvent) -> None:
 
 
 def _chunk(event: RunEvent, msg: pb.InvokeEvent) -> None:
-    msg.chunk.CopyFrom(output_payload(event.data["chunk"], event.run.run_id))
+    set_output(msg.chunk, event.data["chunk"], event.run.run_id)
 
 
 def _llm_started(event: RunEvent, msg: pb.InvokeEvent) -> None:
@@ -172,7 +197,7 @@ def _ended(event: RunEvent, msg: pb.InvokeEvent) -> None:
     ended = msg.ended
     ended.status = RUN_STATUS[data["status"]]
     if data["status"] is RunStatus.OK:
-        ended.output.CopyFrom(output_payload(data["output"], event.run.run_id))
+        set_output(ended.output, data["output"], event.run.run_id)
     ended.error = data["error"]
     ended.usage.CopyFrom(usage(data))
     ended.duration.CopyFrom(_duration(data["duration"]))
@@ -186,10 +211,12 @@ _FILL = {
 
 
 def event_message(event: RunEvent) -> pb.InvokeEvent:
-    seconds = int(event.time)
-    msg = pb.InvokeEvent(run_id=event.run.run_id, seq=event.seq,
-                         time=timestamp_pb2.Timestamp(seconds=seconds,
-                                                      nanos=int((event.time - seconds) * 1e9)))
+    msg = pb.InvokeEvent(run_id=event.run.run_id, seq=event.seq)
+    when = event.time
+    seconds = int(when)
+    stamp = msg.time  # filled in place: half the cost of building a Timestamp and copying it
+    stamp.seconds = seconds
+    stamp.nanos = int((when - seconds) * 1e9)
     _FILL[event.type](event, msg)
     return msg
 
