@@ -41,11 +41,6 @@ _END_STATUS = {RunTimeout: RunStatus.TIMEOUT, RunCancelled: RunStatus.CANCELLED}
 class Runner:
     """Async context manager for one run: `async with session.run(input) as runner`."""
 
-    __slots__ = ("session", "manager", "agent", "input", "metadata", "run_id", "context", "status",
-                 "queue_wait", "duration", "input_tokens", "output_tokens", "_timeout", "_deadline",
-                 "_task", "_done", "_released", "_buffer", "_timer", "_grace_timer", "_seq", "_started",
-                 "_cancel_status", "_ended", "_abandoned", "_admitted")
-
     def __init__(self, session: "Session", agent: AgentSpec, input: Any, *,
                  metadata: Mapping[str, str] | None = None, timeout: float | None = None) -> None:
         self.session = session
