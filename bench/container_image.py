@@ -130,7 +130,10 @@ def build_image(tag: str = IMAGE_TAG, base: str = BASE_TAG) -> float:
         args += ["--secret", f"id=pip-ca,src={CA_BUNDLE}"]
     start = time.monotonic()
     docker(*args, str(ROOT), timeout=900)
-    return time.monotonic() - start
+    took = time.monotonic() - start
+    # Earlier builds of the tag are left untagged: drop those of this image only.
+    docker("image", "prune", "--force", "--filter", "label=org.opencontainers.image.title=agent-runtime")
+    return took
 
 
 def image_size(tag: str) -> int:
