@@ -82,8 +82,7 @@ async def test_full_span_tree_continues_the_callers_trace(serve, channel_to, spa
     assert attributes["gen_ai.usage.input_tokens"] == 10 and attributes["gen_ai.usage.output_tokens"] == 4
     assert "agent_runtime.queue_wait" in attributes
     events = {event.name: dict(event.attributes) for event in run.events}
-    assert "agent_runtime.queue_wait" in events["slot_acquired"]
-    assert events["step"] == {"n": 1, "x": "[1]"}
+    assert events == {"step": {"n": 1, "x": "[1]"}}  # no slot_acquired: the run did not wait
 
     assert chat.parent.span_id == run.context.span_id and chat.kind is SpanKind.CLIENT
     assert chat.attributes["gen_ai.operation.name"] == "chat"
@@ -131,6 +130,22 @@ async def test_failed_timed_out_and_refused_runs_record_errors(serve, channel_to
     assert codes == ["INTERNAL", "DEADLINE_EXCEEDED", "CANCELLED", "RESOURCE_EXHAUSTED"]
     assert [rpc.status.status_code for rpc in rpcs] == [StatusCode.ERROR, StatusCode.ERROR,
                                                        StatusCode.UNSET, StatusCode.UNSET]
+
+
+async def test_a_queued_run_span_covers_its_wait(serve, channel_to, spans):
+    provider, exporter = spans
+    server = await serve(Scripted(), tracer_provider=provider, max_concurrency=1, max_queue=1)
+    client = stub(channel_to(server.address))
+    first = client.Invoke(request({"sleep": 0.3}))
+    await wait_until(lambda: server.manager.admission.in_use == 1)
+    second = await client.Invoke(request())
+    await first
+    (run,) = [span for span in exporter.get_finished_spans()
+              if span.attributes.get("agent_runtime.run.id") == second.run_id]
+    assert run.attributes["agent_runtime.queue_wait"] > 0
+    (acquired,) = [event for event in run.events if event.name == "slot_acquired"]
+    waited = (acquired.timestamp - run.start_time) / 1e9
+    assert waited == pytest.approx(run.attributes["agent_runtime.queue_wait"], abs=0.005)
 
 
 async def test_streamed_run_reports_its_trace_id_and_first_chunk(serve, channel_to, spans):

@@ -64,8 +64,7 @@ class _RpcSpans:
 
     def end(self, token: tuple[trace.Span, object], code: grpc.StatusCode) -> None:
         span, attached = token
-        span.set_attribute("rpc.response.status_code", code.name)
-        span.set_attribute("rpc.grpc.status_code", code.value[0])
+        span.set_attributes({"rpc.response.status_code": code.name, "rpc.grpc.status_code": code.value[0]})
         if code in _SERVER_ERRORS:
             span.set_status(Status(StatusCode.ERROR, code.name))
         span.end()
@@ -144,13 +143,15 @@ class TracingSink:
     def _start_run(self, event: RunEvent) -> None:
         run = event.run
         queue_wait = event.data["queue_wait"]
-        # The span covers the wait for a slot too: it starts when the run asked for one.
+        # The span covers the wait for a slot too: it starts when the run asked for one,
+        # and a run that had to wait marks when it got its slot.
         span = self.tracer.start_span(
             f"invoke_agent {run.agent}", kind=SpanKind.INTERNAL, start_time=_ns(event.time - queue_wait),
             attributes={"gen_ai.operation.name": "invoke_agent", "gen_ai.agent.name": run.agent,
                         "gen_ai.conversation.id": run.session_id, "agent_runtime.run.id": run.run_id,
                         "user.id": run.user_id, "agent_runtime.queue_wait": queue_wait})
-        span.add_event("slot_acquired", {"agent_runtime.queue_wait": queue_wait}, timestamp=_ns(event.time))
+        if queue_wait:
+            span.add_event("slot_acquired", timestamp=_ns(event.time))
         run.scratch["span"] = span
         trace_id = span.get_span_context().trace_id
         if trace_id:
@@ -190,9 +191,9 @@ class TracingSink:
             _fail(child, status.value if status is not RunStatus.OK else "unfinished",
                   "the run ended before this call did")
             child.end(end_time=end)
-        span.set_attribute("agent_runtime.run.status", status.value)
-        span.set_attribute("gen_ai.usage.input_tokens", data.get("input_tokens") or 0)
-        span.set_attribute("gen_ai.usage.output_tokens", data.get("output_tokens") or 0)
+        span.set_attributes({"agent_runtime.run.status": status.value,
+                             "gen_ai.usage.input_tokens": data.get("input_tokens") or 0,
+                             "gen_ai.usage.output_tokens": data.get("output_tokens") or 0})
         if status is not RunStatus.OK:
             _fail(span, status.value, data.get("error") or "")
         span.end(end_time=end)
