@@ -42,6 +42,7 @@ async def serve_http() -> None:
 
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
+    sock.listen(64)  # connections made before uvicorn runs wait in the backlog, not refused
     app = server.streamable_http_app()
     http = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
     print(f"port {sock.getsockname()[1]}", flush=True)
