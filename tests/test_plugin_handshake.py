@@ -86,3 +86,28 @@ def test_plugin_with_several_agents_needs_redpanda_agent(launch):
     assert proc.wait(15) == 2
     assert proc.stdout.read() == ""
     assert "name the one Redpanda's InvokeAgent runs with redpanda_agent" in proc.stderr.read()
+
+
+def test_two_plugins_side_by_side(launch):
+    """A host may launch several: each gets its own port and nothing else is bound."""
+    first, second = launch("--plugin-handshake"), launch("--plugin-handshake", "--metrics-port", "9464")
+    addresses = {handshake(first), handshake(second)}
+    assert len(addresses) == 2
+    for address in addresses:
+        with grpc.insecure_channel(address) as channel:
+            health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service="plugin"),
+                                                                timeout=10)
+            assert health.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_what_agent_modules_print_does_not_break_the_handshake(launch):
+    proc = launch("--plugin-handshake", "--agent", "noisy_agent:agent",
+                  env={"PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), os.environ["PYTHONPATH"]])})
+    address = handshake(proc)
+    with grpc.insecure_channel(address) as channel:
+        reply = agent_pb2_grpc.AgentRuntimeStub(channel).InvokeAgent(
+            pb.InvokeAgentRequest(message=mpb.Message(bytes=b"quiet")), timeout=10)
+    assert reply.message.bytes == b"quiet"
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(15) == 0
+    assert "hello from an agent module being imported" in proc.stderr.read()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import sys
@@ -66,9 +67,12 @@ def load_server_config(args: argparse.Namespace, environ: Any = None) -> tuple[S
     cfg = ServerConfig.load(overrides, environ=environ, file_settings=server_section)
     from .builder import AgentBuilder, load_object
 
-    agents = [load_object(ref) for ref in cfg.agents]
-    if file_data.get("agents"):
-        agents += AgentBuilder().build(file_data)
+    # a go-plugin host takes the first stdout line for the handshake: what agent modules
+    # print when imported goes to stderr
+    with contextlib.redirect_stdout(sys.stderr) if cfg.plugin_handshake else contextlib.nullcontext():
+        agents = [load_object(ref) for ref in cfg.agents]
+        if file_data.get("agents"):
+            agents += AgentBuilder().build(file_data)
     if not agents:
         from .echo import echo_agent
 

@@ -74,7 +74,8 @@ class ServerConfig:
     redpanda_agent: str = _opt("", "agent that Redpanda's InvokeAgent runs; may be empty when one agent "
                                "is served (with several and none named, the Redpanda protocol is not served)")
     plugin_handshake: bool = _opt(False, "run as a Redpanda Connect (go-plugin) plugin: bind 127.0.0.1 on a "
-                                  "free port and print the go-plugin handshake as the first stdout line")
+                                  "free port, print the go-plugin handshake as the first stdout line, "
+                                  "serve no /metrics")
     log_level: str = _opt("info", "debug, info, warning or error")
     log_format: str = _opt("text", "log lines as text or json (one object a line)")
     metrics_port: int = _opt(9464, "port of the Prometheus /metrics endpoint; 0 disables it", minimum=0)

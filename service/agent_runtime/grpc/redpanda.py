@@ -26,7 +26,7 @@ from ..runner import Runner
 from ..session import SessionManager
 from . import messages
 from .redpanda_messages import failed_message, message_input, message_metadata, output_message
-from .redpanda_trace import CollectedSpans, EventSpans, recorder
+from .redpanda_trace import EventCollector, SpanCollector, recorder
 from .servicer import _timeout
 from .status import RUN_ID_KEY, abort
 
@@ -36,13 +36,20 @@ SERVICE_NAMES = (AGENT_RUNTIME_SERVICE, RUNTIME_SERVICE)
 
 
 class RedpandaRuntimeServicer:
-    """InvokeAgent for one served agent (`agent`, or the only one when empty); `traced`
-    when the server's tracer provider has a `redpanda_trace.SpanCollector`."""
+    """InvokeAgent for one served agent (`agent`, or the only one when empty).
 
-    def __init__(self, manager: SessionManager, agent: str = "", *, traced: bool = False) -> None:
+    With the server's OpenTelemetry `tracer_provider` (an SDK one), callers get the
+    run's real spans; without, spans built from the run's events.
+    """
+
+    def __init__(self, manager: SessionManager, agent: str = "", *, tracer_provider: Any = None) -> None:
         self.manager = manager
         self.agent = manager.agent(agent or None).name
-        self.traced = traced
+        self.traced = hasattr(tracer_provider, "add_span_processor")
+        if self.traced:
+            tracer_provider.add_span_processor(SpanCollector())
+        else:
+            manager.add_sink(EventCollector())
 
     async def InvokeAgent(self, request: Any, context: grpc.aio.ServicerContext) -> pb.InvokeAgentResponse:
         """The current protocol: a failed run comes back in `message.error`."""
@@ -66,7 +73,7 @@ class RedpandaRuntimeServicer:
                                            timeout=_timeout(None, context)) as runner:
                         context.set_trailing_metadata(((RUN_ID_KEY, runner.run_id),))
                         try:
-                            output = await _result(runner, spans)
+                            output = await runner.result()
                             reply = output_message(output, message, runner.run_id)
                         except AgentRuntimeError as exc:
                             if not (failure_in_message and _ran(runner)):
@@ -75,15 +82,6 @@ class RedpandaRuntimeServicer:
             return pb.InvokeAgentResponse(message=reply, trace=spans.trace() if spans is not None else None)
         except AgentRuntimeError as exc:
             await abort(context, exc)
-
-
-async def _result(runner: Runner, spans: EventSpans | CollectedSpans | None) -> Any:
-    """The run's output; its events go to `spans` on the way when it builds from them."""
-    if spans is None or not spans.needs_events:
-        return await runner.result()
-    async for event in runner.events():
-        spans.add(event)
-    return await runner.result()
 
 
 def _ran(runner: Runner) -> bool:

@@ -6,13 +6,14 @@ recorders give the same span tree (`invoke_agent {agent}` with `chat {model}`
 and `execute_tool {tool}` children, after the OpenTelemetry GenAI conventions):
 
 - `CollectedSpans`, when this server traces (tracing.py): the run's real spans,
-  made under the caller's span and gathered by `SpanCollector`, a span processor
-  that hands each ended span to the Redpanda call whose run made it (through a
-  context variable the run inherits). The returned span ids are those exported.
-- `EventSpans`, when it does not: the spans built from the run's own events, so
-  no tracer is needed on this side.
+  made under the caller's span. The returned span ids are those exported.
+- `EventSpans`, when it does not: spans built from the run's own events, so no
+  tracer is needed on this side.
 
-Callers that send no trace context cost nothing either way.
+A recorder is current (a context variable, which the run inherits) around the
+run it records; `SpanCollector` (a span processor on the server's tracer
+provider) and `EventCollector` (an event sink) hand it what the run makes. For
+other runs that costs one context variable read per span or event.
 """
 
 from __future__ import annotations
@@ -80,10 +81,12 @@ def _timestamp_ns(nanoseconds: int) -> timestamp_pb2.Timestamp:
     return stamp
 
 
+_recording: contextvars.ContextVar["EventSpans | CollectedSpans | None"] = contextvars.ContextVar(
+    "agent_runtime_redpanda_trace", default=None)
+
+
 class EventSpans:
     """Builds one run's span tree from its events; `trace()` returns it as a Trace."""
-
-    needs_events = True
 
     def __init__(self) -> None:
         self.root: _Span | None = None
@@ -91,7 +94,7 @@ class EventSpans:
         self._tool_calls: dict[str, _Span] = {}
         self._last_time = 0.0
 
-    def add(self, event: RunEvent) -> None:
+    def on_event(self, event: RunEvent) -> None:
         self._last_time = event.time
         handle = _HANDLERS.get(event.type)
         if handle is not None:
@@ -158,8 +161,23 @@ class EventSpans:
         return pb.Trace(spans=[self.root.message(self._last_time)])
 
 
-    def scope(self) -> contextlib.AbstractContextManager:
-        return contextlib.nullcontext()
+    @contextlib.contextmanager
+    def scope(self) -> Iterator[None]:
+        """Around the run: its events come here."""
+        recording = _recording.set(self)
+        try:
+            yield
+        finally:
+            _recording.reset(recording)
+
+
+class EventCollector:
+    """An event sink that gives each event to the EventSpans recording its run."""
+
+    def on_event(self, event: RunEvent) -> None:
+        recording = _recording.get()
+        if recording is not None:
+            recording.on_event(event)
 
 
 _HANDLERS = {
@@ -168,25 +186,18 @@ _HANDLERS = {
     EventType.TOOL_START: EventSpans._tool_started, EventType.TOOL_END: EventSpans._tool_ended,
 }
 
-_collecting: contextvars.ContextVar[list[ReadableSpan] | None] = contextvars.ContextVar(
-    "agent_runtime_redpanda_spans", default=None)
-
-
 class SpanCollector(SpanProcessor):
-    """Gives each ended span to the collecting call it belongs to (one context variable
-    read per span; spans of other calls are left alone)."""
+    """A span processor that gives each ended span to the CollectedSpans recording its run."""
 
     def on_end(self, span: ReadableSpan) -> None:
-        spans = _collecting.get()
-        if spans is not None:
-            spans.append(span)
+        recording = _recording.get()
+        if recording is not None:
+            recording.spans.append(span)
 
 
 class CollectedSpans:
     """The run's real spans: the run starts under the caller's span, its ended spans are
     collected, and `trace()` returns them as a tree."""
-
-    needs_events = False
 
     def __init__(self, caller: pb.TraceContext) -> None:
         self.spans: list[ReadableSpan] = []
@@ -197,12 +208,12 @@ class CollectedSpans:
     @contextlib.contextmanager
     def scope(self) -> Iterator[None]:
         """Around the run: what it starts inherits the caller's span and this collector."""
-        collecting, attached = _collecting.set(self.spans), otel_context.attach(self.parent)
+        recording, attached = _recording.set(self), otel_context.attach(self.parent)
         try:
             yield
         finally:
             otel_context.detach(attached)
-            _collecting.reset(collecting)
+            _recording.reset(recording)
 
     def trace(self) -> pb.Trace:
         ids = {span.context.span_id for span in self.spans}

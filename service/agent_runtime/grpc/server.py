@@ -15,7 +15,7 @@ log line per run. Every RPC of every service is observed in its handler
 (instrument.py).
 
 With `plugin_handshake` it is a go-plugin plugin as Redpanda Connect launches
-it: it binds 127.0.0.1 on a free port, prints `1|1|tcp|127.0.0.1:PORT|grpc` as
+it: it binds 127.0.0.1 on a free port (and serves no /metrics), prints `1|1|tcp|127.0.0.1:PORT|grpc` as
 its first stdout line, reports health service `plugin` SERVING and drains when
 the host calls `plugin.GRPCController/Shutdown`.
 """
@@ -43,7 +43,6 @@ from ..metrics import GrpcMetrics, MetricsEndpoint, MetricsSink
 from ..runlog import RunLogSink
 from ..session import SessionManager
 from . import auth, redpanda, tls
-from .redpanda_trace import SpanCollector
 from .instrument import ObservedRegistrar, RpcObserver
 from .servicer import SERVICE_NAME, AgentRuntimeServicer, method_handlers
 
@@ -68,8 +67,8 @@ class RuntimeServer:
         a registry is made when `metrics_port` is set, and a provider when the OTEL_*
         environment asks for trace export."""
         self.config = config if config is not None else ServerConfig.load()
-        if self.config.plugin_handshake:
-            self.config = self.config.replace(host="127.0.0.1", port=0)
+        if self.config.plugin_handshake:  # a host may launch several: nothing on fixed ports
+            self.config = self.config.replace(host="127.0.0.1", port=0, metrics_port=0)
         cfg = self.config
         if manager is None:
             if agents is None:
@@ -100,10 +99,6 @@ class RuntimeServer:
             tracer = self.tracer_provider.get_tracer(tracing.INSTRUMENTATION)
             manager.add_sink(tracing.TracingSink(tracer))
             self.observers.append(tracing.RpcTracer(tracer))
-        self._span_collector = None
-        if hasattr(self.tracer_provider, "add_span_processor"):  # an SDK provider: Redpanda callers get its spans
-            self._span_collector = SpanCollector()
-            self.tracer_provider.add_span_processor(self._span_collector)
         manager.add_sink(RunLogSink())
         self.metrics: MetricsEndpoint | None = None
         self.health = health_aio.HealthServicer()
@@ -201,7 +196,7 @@ class RuntimeServer:
             return {}
         try:
             servicer = redpanda.RedpandaRuntimeServicer(self.manager, cfg.redpanda_agent,
-                                                        traced=self._span_collector is not None)
+                                                        tracer_provider=self.tracer_provider)
             return redpanda.method_handlers(servicer)
         except AgentRuntimeError as exc:
             raise ConfigError(f"redpanda_agent: {exc.message}") from None
