@@ -126,6 +126,9 @@ def ensure_base_image(tag: str = BASE_TAG) -> str:
 def build_image(tag: str = IMAGE_TAG, base: str = BASE_TAG) -> float:
     """Build the repository's Dockerfile on `base` as `tag`; returns the seconds it took."""
     args = ["build", "--network", "host", "--build-arg", f"BASE_IMAGE={base}", "-t", tag]
+    revision = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True)
+    if revision.returncode == 0:  # only the final label layer changes from commit to commit
+        args += ["--build-arg", f"REVISION={revision.stdout.strip()}"]
     if CA_BUNDLE.exists():  # TLS may be re-signed on the way out: pip needs the machine's CAs
         args += ["--secret", f"id=pip-ca,src={CA_BUNDLE}"]
     start = time.monotonic()

@@ -118,8 +118,9 @@ def test_image_metadata(image):
     env = dict(item.split("=", 1) for item in config["Env"])
     assert env["AGENT_RUNTIME_HOST"] == "0.0.0.0" and env["PYTHONDONTWRITEBYTECODE"] == "1"
     labels = config["Labels"]
-    for key in ("title", "version", "revision", "licenses", "source"):
+    for key in ("title", "version", "licenses", "source"):
         assert labels[f"org.opencontainers.image.{key}"]
+    assert re.fullmatch(r"[0-9a-f]{40}", labels["org.opencontainers.image.revision"])
 
 
 def test_no_installer_or_compiler_in_the_image(image):
