@@ -493,3 +493,28 @@ async def test_malformed_answer_is_unavailable(fake_llm):
     fake_llm.reply("x", garbage=True)
     with pytest.raises(ProviderUnavailable, match="model provider 'openai' answered with malformed JSON"):
         await run_once(calc(fake_llm, max_retries=0))
+
+
+async def test_agent_loop_bench_runs():
+    """The bench measures every contender (figures are never asserted)."""
+    from bench.agent_loop import measure
+
+    results = await measure(rounds=2, calls=2)
+    assert list(results) == ["bare SDK call", "Agent run", "Agent run, streamed",
+                             "Agent run, 1 tool call (2 model calls)"]
+    assert all(len(rounds) == 2 and all(wall > 0 for wall, _ in rounds) for rounds in results.values())
+
+
+async def test_a_slow_reader_holds_the_model_stream_back(fake_llm):
+    fake_llm.reply(" ".join(f"w{i}" for i in range(1000)))
+    manager = SessionManager(calc(fake_llm))
+    most, chunks = 0, 0
+    async with manager.session() as session, session.run("talk") as runner:
+        async for event in runner.events():
+            most = max(most, len(runner._buffer._items))
+            if event.type.value == "chunk":
+                chunks += 1
+                if chunks < 300:
+                    await asyncio.sleep(0.001)
+    await manager.aclose()
+    assert chunks == 1000 and most <= runner._buffer.high_water

@@ -24,7 +24,7 @@ import os
 import re
 import weakref
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Awaitable, Callable, Mapping, Sequence
 
 from .errors import AgentRuntimeError, ProviderRejected, ProviderUnavailable
 
@@ -164,8 +164,9 @@ class ChatModel:
 
     async def complete(self, messages: Sequence[Mapping[str, Any]], *, tools: Sequence[Mapping[str, Any]] = (),
                        response_format: Mapping[str, Any] | None = None,
-                       on_text: Callable[[str], None] | None = None) -> ModelResponse:
-        """One chat completion; with `on_text`, streamed, each text delta handed to it.
+                       on_text: Callable[[str], Awaitable[None]] | None = None) -> ModelResponse:
+        """One chat completion; with `on_text`, streamed, each text delta awaited by it
+        (so a slow consumer slows the reading of the stream).
 
         Cancelling the caller closes the HTTP request or stream to the provider.
         """
@@ -234,7 +235,7 @@ def _response(completion: Any) -> ModelResponse:
                          usage.prompt_tokens if usage else 0, usage.completion_tokens if usage else 0)
 
 
-async def _collect(stream: Any, on_text: Callable[[str], None]) -> ModelResponse:
+async def _collect(stream: Any, on_text: Callable[[str], Awaitable[None]]) -> ModelResponse:
     """Fold a streamed completion into one response, handing text deltas on as they come."""
     text: list[str] = []
     calls: dict[int, list[str]] = {}  # index -> [id, name, arguments]
@@ -248,7 +249,7 @@ async def _collect(stream: Any, on_text: Callable[[str], None]) -> ModelResponse
         delta = choice.delta
         if delta.content:
             text.append(delta.content)
-            on_text(delta.content)
+            await on_text(delta.content)
         for part in delta.tool_calls or ():
             call = calls.setdefault(part.index, ["", "", ""])
             call[0] = part.id or call[0]

@@ -134,7 +134,7 @@ async def _ask_model(agent: "Agent", run: RunContext | None, messages: list[dict
         response = await model.complete(
             messages, tools=[_schema(tool) for tool in tools.values()],
             response_format=agent.response_format,
-            on_text=run.runner.emit_chunk if streamed else None)
+            on_text=run.runner.stream_chunk if streamed else None)
         finish_reason = response.finish_reason
     except asyncio.CancelledError:
         finish_reason = error = "cancelled"

@@ -269,6 +269,14 @@ class Runner:
     def emit_chunk(self, chunk: Any) -> None:
         self.emit(EventType.CHUNK, {"chunk": chunk})
 
+    async def stream_chunk(self, chunk: Any) -> None:
+        """`emit_chunk`, then wait while the caller's stream lags behind (backpressure,
+        as streaming agents get it), so a slow reader slows the producer instead of
+        growing the buffer."""
+        self.emit(EventType.CHUNK, {"chunk": chunk})
+        if self._buffer is not None:
+            await self._buffer.wait_below()
+
     def emit_custom(self, name: str, data: Any = None) -> None:
         self.emit(EventType.CUSTOM, {"name": name, "data": data})
 
