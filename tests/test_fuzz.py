@@ -14,11 +14,13 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from agent_runtime._proto.redpanda.runtime.v1alpha1 import agent_pb2 as redpanda_pb
 from conftest import ServerProcess
 from conftest import runtime_pb2 as pb
 
 INVOKE = "/agent_runtime.v1.AgentRuntime/Invoke"
 INVOKE_STREAM = "/agent_runtime.v1.AgentRuntime/InvokeStream"
+REDPANDA = ("/redpanda.runtime.v1alpha1.AgentRuntime/InvokeAgent", "/redpanda.runtime.v1alpha1.Runtime/InvokeAgent")
 MAX_BYTES = 65536
 DEFINED = {grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND,
            grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED}
@@ -37,7 +39,7 @@ def fuzz_target():
 def status_of(channel, method: str, data: bytes, metadata=None) -> grpc.StatusCode:
     """Send raw request bytes; the status the server answers with."""
     try:
-        if method == INVOKE:
+        if method != INVOKE_STREAM:
             channel.unary_unary(method)(data, timeout=10, metadata=metadata)
         else:
             for _ in channel.unary_stream(method)(data, timeout=10, metadata=metadata):
@@ -217,4 +219,21 @@ def test_mutations_get_defined_statuses_and_memory_stays_flat(fuzz_target):
     after = rss_kib(proc.proc.pid)
     assert {grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT} <= codes
     assert after - before < 8 * 1024, f"RSS grew from {before} KiB to {after} KiB"
+    assert_serving(channel)
+
+
+def test_mutated_redpanda_requests_get_defined_statuses(fuzz_target):
+    """Redpanda's protocol (both service names) takes the same bad input."""
+    _, channel = fuzz_target
+    rng = random.Random(8)
+    seeds = [redpanda_pb.InvokeAgentRequest(message={"bytes": b"hello"}).SerializeToString(),
+             redpanda_pb.InvokeAgentRequest(
+                 message={"bytes": b"{}", "metadata": {"fields": {"k": {"string_value": "v"}}}},
+                 trace_context={"trace_id": "0" * 32, "span_id": "1" * 16}).SerializeToString()]
+    codes = set()
+    for _ in range(1500):
+        code = status_of(channel, rng.choice(REDPANDA), mutate(rng, rng.choice(seeds)))
+        assert code in DEFINED
+        codes.add(code)
+    assert grpc.StatusCode.OK in codes
     assert_serving(channel)

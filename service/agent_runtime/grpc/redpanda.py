@@ -28,7 +28,7 @@ from . import messages
 from .redpanda_messages import failed_message, message_input, message_metadata, output_message
 from .redpanda_trace import EventCollector, SpanCollector, recorder
 from .servicer import _timeout
-from .status import RUN_ID_KEY, abort
+from .status import RUN_ID_KEY, abort, unexpected
 
 AGENT_RUNTIME_SERVICE = pb.DESCRIPTOR.services_by_name["AgentRuntime"].full_name
 RUNTIME_SERVICE = runtime_pb2.DESCRIPTOR.services_by_name["Runtime"].full_name
@@ -61,6 +61,7 @@ class RedpandaRuntimeServicer:
 
     async def _invoke(self, request: Any, context: grpc.aio.ServicerContext, *,
                       failure_in_message: bool) -> pb.InvokeAgentResponse:
+        runner = None
         try:
             if isinstance(request, messages.MalformedRequest):
                 raise InvalidInput(f"request is not a valid InvokeAgentRequest: {request.reason}")
@@ -82,6 +83,8 @@ class RedpandaRuntimeServicer:
             return pb.InvokeAgentResponse(message=reply, trace=spans.trace() if spans is not None else None)
         except AgentRuntimeError as exc:
             await abort(context, exc)
+        except Exception as exc:
+            await abort(context, unexpected(exc, runner.run_id if runner is not None else ""))
 
 
 def _ran(runner: Runner) -> bool:
