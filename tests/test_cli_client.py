@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -122,3 +123,25 @@ def test_health(server):
     unknown = cli("health", "--target", server.address, "--service", "no.such.Service")
     assert unknown.returncode == 1
     assert b"NOT_FOUND" in unknown.stderr
+
+
+def test_ctrl_c_cancels_the_run_and_exits_130(server_process):
+    env = {"PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), os.environ["PYTHONPATH"]])}
+    server = server_process("--agent", "interop_agents:slow", "--max-concurrency", "1", "--max-queue", "0",
+                            env=env)
+    proc = subprocess.Popen([sys.executable, "-m", "agent_runtime", "invoke", "--target", server.address,
+                             "--stream", "-v", "60"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT)
+    try:
+        first = proc.stderr.readline()
+        assert json.loads(first)["event"] == "started"
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(30) == 130
+        assert b"interrupted" in proc.stderr.read()
+    finally:
+        proc.kill()
+        proc.wait()
+        proc.stdout.close()
+        proc.stderr.close()
+    # the run was cancelled and its only slot freed: the next run is admitted
+    done = cli("invoke", "--target", server.address, "--timeout", "30", "0")
+    assert (done.returncode, done.stdout) == (0, b"slept 0s\n"), done.stderr

@@ -234,3 +234,12 @@ async def test_mutual_tls(serve, tmp_path):
 
 def test_call_error_says_code_message_and_run():
     assert str(CallError(grpc.StatusCode.INTERNAL, "boom", run_id="abc")) == "INTERNAL: boom (run abc)"
+
+
+async def test_run_timeout_bounds_the_run(serve):
+    server = await serve(interop_agents.slow)
+    async with AgentRuntimeClient(server.address) as client:
+        with pytest.raises(CallError) as info:
+            await client.invoke("30", run_timeout=0.2, timeout=30)
+    assert info.value.code is grpc.StatusCode.DEADLINE_EXCEEDED
+    assert "0.2s" in info.value.message

@@ -271,9 +271,12 @@ async def test_traced_server_returns_its_exported_spans_under_the_callers_span(s
     provider, exporter = traced
     server = await serve(tracer_provider=provider)
     message = mpb.Message(structured=to_value({"tool": "reverse", "arguments": {"text": "abc"}}))
-    reply = await stubs(channel_to(server.address))["AgentRuntime"].InvokeAgent(
+    call = stubs(channel_to(server.address))["AgentRuntime"].InvokeAgent(
         pb.InvokeAgentRequest(message=message, trace_context=TRACE))
+    reply = await call
     assert reply.message.bytes == b"cba"
+    trailers = dict(await call.trailing_metadata())
+    assert len(trailers[RUN_ID_KEY]) == 32 and len(trailers["agent-runtime-trace-id"]) == 32
     [root] = reply.trace.spans
     assert root.name == "invoke_agent echo"
     assert [child.name for child in root.child_spans] == ["execute_tool reverse"]

@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any, AsyncIterator, Iterator, Mapping
 
 import grpc
-from google.protobuf import duration_pb2
 from google.protobuf.json_format import MessageToDict
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -206,8 +205,7 @@ def invoke_request(input: Any, *, agent: str = "", session_id: str = "", user_id
     request = pb.InvokeRequest(agent=agent, session_id=session_id, user_id=user_id, input=payload,
                                metadata=dict(metadata or {}))
     if run_timeout is not None:
-        whole = int(run_timeout)
-        request.timeout.CopyFrom(duration_pb2.Duration(seconds=whole, nanos=int((run_timeout - whole) * 1e9)))
+        request.timeout.FromNanoseconds(round(run_timeout * 1e9))
     return request
 
 

@@ -32,7 +32,6 @@ from .status import RUN_ID_KEY, abort, unexpected
 
 AGENT_RUNTIME_SERVICE = pb.DESCRIPTOR.services_by_name["AgentRuntime"].full_name
 RUNTIME_SERVICE = runtime_pb2.DESCRIPTOR.services_by_name["Runtime"].full_name
-SERVICE_NAMES = (AGENT_RUNTIME_SERVICE, RUNTIME_SERVICE)
 
 
 class RedpandaRuntimeServicer:
@@ -72,7 +71,8 @@ class RedpandaRuntimeServicer:
                 async with self.manager.session() as session:
                     async with session.run(input, agent=self.agent, metadata=metadata,
                                            timeout=_timeout(None, context)) as runner:
-                        context.set_trailing_metadata(((RUN_ID_KEY, runner.run_id),))
+                        context.set_trailing_metadata((*(context.trailing_metadata() or ()),
+                                                       (RUN_ID_KEY, runner.run_id)))
                         try:
                             output = await runner.result()
                             reply = output_message(output, message, runner.run_id)
