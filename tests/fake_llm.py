@@ -23,7 +23,8 @@ class Reply:
     """One scripted answer: `text`, or `tool_calls` [(name, arguments JSON text)], or an
     HTTP error `status`, or `hang` (never answer). A streamed answer may be `cut` (the
     connection closes half way, with no finish reason and no [DONE]) or end in an SSE
-    `stream_error`; `garbage` is a 200 answer whose body is not JSON."""
+    `stream_error`; `garbage` is a 200 answer whose body is not JSON; `no_choices` one
+    with an empty `choices` list."""
 
     text: str = ""
     tool_calls: list[tuple[str, str]] = field(default_factory=list)
@@ -35,6 +36,7 @@ class Reply:
     cut: bool = False
     stream_error: str = ""
     garbage: bool = False
+    no_choices: bool = False
 
 
 class FakeLLM:
@@ -183,10 +185,10 @@ def _completion(request: dict[str, Any], reply: Reply) -> dict[str, Any]:
         message["tool_calls"] = [
             {"id": f"call_{i}", "type": "function", "function": {"name": name, "arguments": args}}
             for i, (name, args) in enumerate(reply.tool_calls)]
+    choices = [] if reply.no_choices else [{"index": 0, "message": message, "logprobs": None,
+                                            "finish_reason": "tool_calls" if reply.tool_calls else "stop"}]
     return {"id": "chatcmpl-fake", "object": "chat.completion", "created": 0, "model": request["model"],
-            "choices": [{"index": 0, "message": message, "logprobs": None,
-                         "finish_reason": "tool_calls" if reply.tool_calls else "stop"}],
-            "usage": _usage(reply)}
+            "choices": choices, "usage": _usage(reply)}
 
 
 def _chunks(request: dict[str, Any], reply: Reply) -> list[dict[str, Any]]:

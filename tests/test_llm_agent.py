@@ -489,10 +489,34 @@ async def test_broken_streams_are_unavailable(fake_llm, serve, channel_to, reply
     assert events[-1].ended.status == runtime_pb2.RUN_STATUS_ERROR and events[-1].ended.error == message
 
 
-async def test_malformed_answer_is_unavailable(fake_llm):
-    fake_llm.reply("x", garbage=True)
-    with pytest.raises(ProviderUnavailable, match="model provider 'openai' answered with malformed JSON"):
+@pytest.mark.parametrize("reply, message", [
+    ({"garbage": True}, "model provider 'openai' answered with malformed JSON"),
+    ({"no_choices": True}, "the model provider answered with no choices"),
+])
+async def test_malformed_answers_are_unavailable(fake_llm, reply, message):
+    fake_llm.reply("x", **reply)
+    with pytest.raises(ProviderUnavailable, match=message):
         await run_once(calc(fake_llm, max_retries=0))
+
+
+async def test_two_tools_of_one_name_fail_the_run(fake_llm, serve, channel_to):
+    server = await serve(calc(fake_llm, tools=[add, add]))
+    with pytest.raises(grpc.aio.AioRpcError) as failure:
+        await stub(channel_to(server.address)).Invoke(runtime_pb2.InvokeRequest(input=runtime_pb2.Payload(text="x")))
+    assert failure.value.code() == grpc.StatusCode.INTERNAL
+    assert failure.value.details().startswith("agent 'calc' has two tools named 'add'")
+    assert fake_llm.requests == []
+
+
+async def test_a_tool_hook_can_refuse_one_of_parallel_calls(fake_llm):
+    class NoMultiply(AgentHooks):
+        async def on_tool_start(self, context, agent, tool, arguments):
+            if tool.name == "multiply":
+                raise InvalidInput("multiplication is not allowed here")
+
+    fake_llm.call(("add", {"a": 1, "b": 2}), ("multiply", {"a": 3, "b": 4}))
+    with pytest.raises(InvalidInput, match="multiplication is not allowed here"):
+        await run_once(calc(fake_llm, hooks=NoMultiply()))
 
 
 async def test_agent_loop_bench_runs():
