@@ -7,6 +7,7 @@ import socket
 import sys
 
 from mcp.server import MCPServer
+from mcp.server.mcpserver import Context
 from mcp.server.mcpserver.exceptions import ToolError
 
 server = MCPServer("facts")
@@ -29,6 +30,12 @@ def refuse(reason: str) -> str:
 def server_pid() -> int:
     """The process id of this server."""
     return os.getpid()
+
+
+@server.tool()
+def caller_header(name: str, ctx: Context) -> str:
+    """A header of the HTTP request that called this tool ("" on stdio)."""
+    return (ctx.headers or {}).get(name, "")
 
 
 @server.tool()

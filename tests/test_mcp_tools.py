@@ -50,7 +50,7 @@ async def test_stdio_mcp_tool_is_called(fake_llm, serve, channel_to):
     assert [(t.tool, t.status, t.result.string_value) for t in tool_ended] == [
         ("capital", runtime_pb2.RUN_STATUS_OK, "Oslo")]
     offered = {t["function"]["name"]: t["function"] for t in fake_llm.requests[0]["tools"]}
-    assert set(offered) == {"capital", "refuse", "server_pid", "crash"}
+    assert set(offered) == {"capital", "refuse", "server_pid", "caller_header", "crash"}
     assert offered["capital"]["description"] == "The capital city of a country."
     assert offered["capital"]["parameters"]["required"] == ["country"]
     assert fake_llm.requests[1]["messages"][-1]["content"] == "Oslo"
@@ -66,14 +66,16 @@ async def test_http_mcp_tool_and_its_failure(fake_llm, serve, channel_to, facts_
     assert results["call_1"].startswith("Error: MCPToolError:") and "not today" in results["call_1"]
 
 
-async def test_mcp_tool_filter(fake_llm, facts_http):
-    fake_llm.reply("ok")
-    agent = facts_agent(fake_llm, MCPServer(url=facts_http, tools=["capital"]))
+async def test_mcp_tool_filter_and_headers(fake_llm, facts_http):
+    fake_llm.call(("caller_header", {"name": "authorization"})).reply("ok")
+    agent = facts_agent(fake_llm, MCPServer(url=facts_http, tools=["capital", "caller_header"],
+                                            headers={"authorization": "Bearer t"}))
     try:
         await agent.run("hi")
     finally:
         await agent.aclose()
-    assert [t["function"]["name"] for t in fake_llm.requests[0]["tools"]] == ["capital"]
+    assert [t["function"]["name"] for t in fake_llm.requests[0]["tools"]] == ["capital", "caller_header"]
+    assert fake_llm.requests[1]["messages"][-1]["content"] == "Bearer t"
 
 
 async def test_unreachable_mcp_server_is_unavailable(fake_llm, serve, channel_to):
