@@ -7,40 +7,19 @@ import asyncio
 import os
 import signal
 import sys
+from pathlib import Path
 
 from conftest import LISTENING, runtime_pb2, stub
 
-SEED = '''
-import asyncio
-from agent_runtime import Agent
-from agent_runtime import RuntimeServer, serve_main
-
-async def main():
-    # 1) Create an Agent with minimal setup
-    my_agent = Agent(
-        name="MyRuntimeAgent",
-        model="openai/gpt-3.5-turbo",
-        instructions="You are now accessible via gRPC. Respond clearly."
-    )
-
-    # 2) Create a RuntimeServer with that Agent
-    server = RuntimeServer(my_agent)
-
-    # 3) Start the server (it will pick a port automatically and print it)
-    await serve_main(server)
-
-asyncio.run(main())
-'''
+SEED = Path(__file__).with_name("seeds") / "redpanda_runtime_server.py"  # verbatim but its imports
 
 
 async def test_seed_agent_answers_through_the_provider(fake_llm, channel_to, tmp_path):
-    script = tmp_path / "seed.py"
-    script.write_text(SEED)
     env = {**os.environ, "OPENAI_BASE_URL": fake_llm.base_url, "OPENAI_API_KEY": "seed-key",
            "AGENT_RUNTIME_PORT": "0", "AGENT_RUNTIME_METRICS_PORT": "0"}
     log = tmp_path / "stderr.txt"
     with log.open("w") as stderr:
-        proc = await asyncio.create_subprocess_exec(sys.executable, str(script), env=env,
+        proc = await asyncio.create_subprocess_exec(sys.executable, str(SEED), env=env,
                                                     stdout=asyncio.subprocess.PIPE, stderr=stderr)
     try:
         line = (await asyncio.wait_for(proc.stdout.readline(), 60)).decode()

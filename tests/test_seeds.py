@@ -29,7 +29,8 @@ def test_session_manager_seed():
 
 
 async def test_runtime_server_seed_serves_until_sigterm(channel_to):
-    env = {**os.environ, "AGENT_RUNTIME_PORT": "0", "OPENAI_API_KEY": "unused"}
+    env = {**os.environ, "AGENT_RUNTIME_PORT": "0", "AGENT_RUNTIME_METRICS_PORT": "0",
+           "OPENAI_API_KEY": "unused"}
     proc = subprocess.Popen([sys.executable, str(SEEDS / "redpanda_runtime_server.py")],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
