@@ -62,6 +62,7 @@ class Measured:
 
     @property
     def cpu_us_per_call(self) -> float:
+        """Server CPU time per call it finished (per stream for a streaming load)."""
         return self.cpu_seconds / self.confirmed * 1e6 if self.confirmed else float("nan")
 
 

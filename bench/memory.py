@@ -12,7 +12,7 @@ from . import contenders as c
 from . import h2load, wire
 from .background import HeldRuns, wait_for
 from .h2load import Load
-from .harness import Bench, log, verify
+from .harness import Bench, VerificationError, log, verify
 from .report import Row, Section, Target
 
 MB = 1024 * 1024
@@ -54,10 +54,11 @@ def _open_streams(bench: Bench, section: Section) -> None:
     server = bench.start(c.runtime(*args))
     hold = bench.body("hold.grpc", wire.invoke_body("3600"))
     connections = -(-count // STREAMS_PER_CONNECTION)
-    held = HeldRuns(Load(f"http://{server.address}{wire.INVOKE_STREAM}", hold, wire.GRPC_HEADERS),
+    before = server.stats()
+    held = HeldRuns(server, Load(f"http://{server.address}{wire.INVOKE_STREAM}", hold, wire.GRPC_HEADERS),
                     count=count, connections=connections, core=bench.client_core)
+    took = held.seconds
     try:
-        took = wait_for(server, lambda s: s.get("in_use") == count, 300, f"{count:,} open runs")
         rss = server.rss_bytes()
         health = Load(f"http://{server.address}{wire.HEALTH_CHECK}", bench.body("health.grpc", wire.health_body()),
                       wire.GRPC_HEADERS)
@@ -68,11 +69,23 @@ def _open_streams(bench: Bench, section: Section) -> None:
         held.close()
     freed = wait_for(server, lambda s: s.get("in_use") == 0, 120, "every slot freed after the clients left")
     rss_after = server.rss_bytes()
+    try:  # a call is counted when its handler has unwound, just after its slot is free
+        wait_for(server, lambda s: s.get("CANCELLED", 0) - before.get("CANCELLED", 0) >= count, 10,
+                 "every run counted as cancelled")
+    except RuntimeError:
+        pass  # reported below with the counts
+    ended = server.stats()
     bench.stop(server)
+    cancelled = ended.get("CANCELLED", 0) - before.get("CANCELLED", 0)
+    others = {k: n - before.get(k, 0) for k, n in ended.items() if k.isupper() and k != "CANCELLED"
+              and n != before.get(k, 0)}
+    if cancelled != count or others:
+        raise VerificationError(f"{count:,} open runs should all end CANCELLED when their clients leave; "
+                                f"the server counted {cancelled:,} CANCELLED and {others}")
     log(f"{count:,} open runs: opened in {took:.1f}s, RSS {rss / MB:.0f} MB, health p99 "
         f"{checks.latency(99):.2f} ms, freed in {freed:.1f}s")
     if still_open != count:
-        raise RuntimeError(f"only {still_open} of {count} runs stayed open during the health checks")
+        raise VerificationError(f"only {still_open} of {count} runs stayed open during the health checks")
     section.rows.append(Row(f"health Check, {count:,} runs open", c.RUNTIME, "calls/s", [checks.requests_per_s],
                             p50_ms=[checks.latency(50)], p99_ms=[checks.latency(99)], confirmed=checks.succeeded))
     section.targets.append(Target(f"RSS with {count:,} streaming runs open", rss / MB, 1024, "MB", at_least=False))

@@ -27,6 +27,7 @@ class Row:
     rates: list[float]
     p50_ms: list[float] = field(default_factory=list)
     p99_ms: list[float] = field(default_factory=list)
+    cpu_us: list[float] = field(default_factory=list)  # the server's CPU time per call
     confirmed: int = 0  # calls the server itself counted with the expected status
 
     @property
@@ -79,12 +80,13 @@ def _fmt(values: Sequence[float], digits: int = 3) -> str:
 
 
 def rows_table(rows: Sequence[Row]) -> list[str]:
-    lines = ["| workload | contender | rate (median) | spread | p50 ms | p99 ms | server-counted OK |",
-             "|---|---|---:|---:|---:|---:|---:|"]
+    lines = ["| workload | contender | rate (median) | spread | p50 ms | p99 ms | server CPU/call | "
+             "server-counted OK |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]
     for row in rows:
         lines.append(f"| {row.workload} | {row.contender} | {row.rate:,.0f} {row.unit} | "
                      f"+-{spread(row.rates) * 100:.1f}% | {_fmt(row.p50_ms)} | {_fmt(row.p99_ms)} | "
-                     f"{row.confirmed:,} |")
+                     f"{_fmt(row.cpu_us, 0)} us | {row.confirmed:,} |")
     return lines
 
 
@@ -152,7 +154,8 @@ def terminal(sections: Sequence[Section]) -> str:
         out += ["", f"== {section.title}"]
         for row in section.rows:
             out.append(f"{row.workload:<26} {row.contender:<30} {row.rate:>10,.0f} {row.unit:<9} "
-                       f"+-{spread(row.rates) * 100:4.1f}%  p50 {_fmt(row.p50_ms)} ms  p99 {_fmt(row.p99_ms)} ms")
+                       f"+-{spread(row.rates) * 100:4.1f}%  p50 {_fmt(row.p50_ms)} ms  p99 {_fmt(row.p99_ms)} ms  "
+                       f"CPU {_fmt(row.cpu_us, 0)} us/call")
         for target in section.targets:
             measured, limit, verdict = target.text()
             out.append(f"  [{verdict}] {target.name}: {measured} (target {limit})")

@@ -33,9 +33,11 @@ def run(bench: Bench) -> Section:
     rates = {label: [m.rate * chunks for m in ms] for label, ms in results.items()}
     for label, measured in results.items():
         section.rows.append(Row(workload, label, "chunks/s", rates[label],
+                                cpu_us=[m.cpu_us_per_call / chunks for m in measured],
                                 confirmed=sum(m.confirmed for m in measured)))
     section.targets.append(ratio_target(f"{workload}: chunks/s {c.RUNTIME} / {c.BARE}",
                                         rates[c.RUNTIME], rates[c.BARE], LIMIT))
     section.notes.append(f"The runtime's stream also carries its `started` and `ended` events "
-                         f"({chunks + 2} messages a run against the bare server's {chunks}).")
+                         f"({chunks + 2} messages a run against the bare server's {chunks}); "
+                         "server CPU is per chunk here.")
     return section

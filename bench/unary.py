@@ -64,15 +64,14 @@ def run(bench: Bench) -> Section:
                 workload, label, "calls/s", rates[label],
                 p50_ms=[m.result.latency(50) for m in measured] if concurrency == 1 else [],
                 p99_ms=[m.result.latency(99) for m in measured] if concurrency == 1 else [],
-                confirmed=sum(m.confirmed for m in measured)))
+                cpu_us=[m.cpu_us_per_call for m in measured], confirmed=sum(m.confirmed for m in measured)))
         floor = rates[c.BARE]
         for label, limit in THROUGHPUT_TARGETS:
             if label in rates:
                 section.targets.append(ratio_target(f"{workload}: {label} / {c.BARE}", rates[label], floor, limit))
-        if c.NAT in rates:
-            section.targets.append(Target(
-                f"{workload}: {c.RUNTIME} / {c.NAT}", median([b / d for b, d in zip(rates[c.RUNTIME], rates[c.NAT])]),
-                NAT_FACTOR, "x"))
+        if c.NAT in rates:  # a round where nat serve completed nothing counts as an infinite ratio
+            factors = [b / d if d else float("inf") for b, d in zip(rates[c.RUNTIME], rates[c.NAT])]
+            section.targets.append(Target(f"{workload}: {c.RUNTIME} / {c.NAT}", median(factors), NAT_FACTOR, "x"))
         if concurrency == 1:
             section.targets += _added_latency(results[c.RUNTIME], results[c.BARE])
     if receiver is not None:
