@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
-from agent_runtime import current_run
+from agent_runtime import current_run, tool
 
 MARKS_ENV = "RELIABILITY_MARKS"
 
@@ -43,3 +44,16 @@ async def loop_blocker(input: Any) -> Any:
     """Blocks the event loop for `input` seconds (CPU-bound or sync I/O by mistake)."""
     time.sleep(float(input))
     return "unblocked"
+
+
+@tool
+def hang(text: str) -> str:
+    """Blocks its worker thread for good (a sync client call without a timeout)."""
+    threading.Event().wait()
+    return text
+
+
+async def uses_hung_tool(input: Any) -> Any:
+    """Calls the `hang` tool, which never returns."""
+    Path(os.environ[MARKS_ENV], current_run().run_id).touch()
+    return await hang.invoke({"text": str(input)})

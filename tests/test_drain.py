@@ -9,6 +9,7 @@ import asyncio
 import signal
 
 import grpc
+import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from conftest import runtime_pb2 as pb
@@ -16,7 +17,7 @@ from conftest import stub
 from reliability_agents import MARKS_ENV
 
 AGENTS = ("--agent", "reliability_agents:marked_sleep", "--agent", "reliability_agents:ticker",
-          "--agent", "reliability_agents:stubborn")
+          "--agent", "reliability_agents:stubborn", "--agent", "reliability_agents:uses_hung_tool")
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
@@ -119,16 +120,17 @@ async def test_second_signal_stops_at_once(server_process, channel_to, tmp_path)
         assert exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
 
 
+@pytest.mark.parametrize("agent", ["stubborn", "uses_hung_tool"])
 async def test_agent_ignoring_cancellation_does_not_keep_the_process_alive(server_process, channel_to,
-                                                                           tmp_path):
+                                                                           tmp_path, agent):
     proc = start(server_process, tmp_path, "--drain-timeout", "0.2", "--cancel-grace", "0.2")
     unary = asyncio.ensure_future(stub(channel_to(proc.address)).Invoke(pb.InvokeRequest(
-        agent="stubborn", input=pb.Payload(text="x")), timeout=60))
+        agent=agent, input=pb.Payload(text="x")), timeout=60))
     await wait_for(lambda: len(list(tmp_path.iterdir())) == 1, "the run admitted")
     proc.signal(signal.SIGTERM)
     assert await asyncio.to_thread(proc.wait, 30) == 0
     stderr = proc.proc.stderr.read()
-    assert "ignored cancellation" in stderr and "1 agents still executing" in stderr
+    assert "ignored cancellation" in stderr and "worker threads still executing" in stderr
     try:
         await unary
         raise AssertionError("the stubborn run reported success")

@@ -214,3 +214,45 @@ async def test_unexpected_runtime_failure_is_internal_with_run_id(serve, channel
     assert "12345" not in err.details() and run_id in err.details()
     assert any(r.exc_info and run_id in r.getMessage() for r in caplog.records)
     assert server.manager.admission.in_use == 0
+
+
+async def test_hung_sync_tool_is_abandoned_without_starving_other_runs():
+    from agent_runtime import tool
+
+    release = threading.Event()
+    threads = []
+
+    @tool
+    def lookup(key: str) -> str:
+        """A blocking lookup; `hang` never answers until the test lets it."""
+        threads.append(threading.current_thread().name)
+        if key == "hang":
+            release.wait(30)
+        return key.upper()
+
+    async def agent(input):
+        return await lookup.invoke({"key": input})
+
+    manager = SessionManager(agent, max_concurrency=2, cancel_grace=0.05)
+
+    async def one(key, timeout=None):
+        async with manager.session() as session:
+            async with session.run(key, timeout=timeout) as runner:
+                return await runner.result()
+
+    try:
+        hung = [asyncio.ensure_future(one("hang", timeout=0.05)) for _ in range(2)]
+        for outcome in await asyncio.gather(*hung, return_exceptions=True):
+            assert isinstance(outcome, RunTimeout)
+        assert manager.admission.in_use == 0 and manager.abandoned == 2
+        assert manager.threads.busy == 2 and manager.busy == 4
+        assert await asyncio.gather(*(one(f"k{i}") for i in range(8))) == [f"K{i}" for i in range(8)]
+        assert all(name.startswith("agent-runtime-worker") for name in threads)
+    finally:
+        release.set()
+    for _ in range(300):
+        if not manager.busy:
+            break
+        await asyncio.sleep(0.01)
+    assert manager.busy == 0
+    await manager.aclose()

@@ -194,7 +194,7 @@ class Runner:
             elif agent.kind is CallKind.STREAM:
                 output = await self._drain(agent.call(self.input))
             else:
-                output = await self._in_thread(agent.call, self.input)
+                output = await self.manager.threads.call(agent.call, self.input)
             status = RunStatus.OK
             return output
         except asyncio.CancelledError:
@@ -213,20 +213,6 @@ class Runner:
             raise AgentError(error, run_id=self.run_id) from exc
         finally:
             self._end(status, output, error)
-
-    @staticmethod
-    async def _in_thread(call: Any, input: Any) -> Any:
-        """Run a plain function in a worker thread; a cancelled run waits for the
-        thread to return (it cannot be interrupted), or is abandoned after the grace."""
-        loop = asyncio.get_running_loop()
-        future = loop.run_in_executor(None, contextvars.copy_context().run, call, input)
-        try:
-            return await asyncio.shield(future)
-        except asyncio.CancelledError:
-            await asyncio.wait((future,))
-            if not future.cancelled():
-                future.exception()  # the run is cancelled: what the thread did is moot
-            raise
 
     async def _drain(self, stream: Any) -> Any:
         chunks = []

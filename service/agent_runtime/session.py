@@ -23,6 +23,7 @@ from .errors import AgentNotFound, Draining, InvalidInput
 from .events import EventSink, EventType, routes
 from .history import HistoryStore, InMemoryHistory, Message
 from .runner import Runner
+from .workers import WorkerThreads
 
 logger = logging.getLogger("agent_runtime.session")
 
@@ -95,6 +96,8 @@ class SessionManager:
         self.history: HistoryStore = history if history is not None else InMemoryHistory()
         self._runs: dict[str, Runner] = {}
         self._abandoned: set[asyncio.Task] = set()
+        # Blocking agents and tools: enough threads for every slot twice over (hung ones included).
+        self.threads = WorkerThreads(max(32, 2 * max_concurrency))
 
     @property
     def max_concurrency(self) -> int:
@@ -109,6 +112,11 @@ class SessionManager:
     def abandoned(self) -> int:
         """Agents still executing after their runs were abandoned (they hold no slot)."""
         return len(self._abandoned)
+
+    @property
+    def busy(self) -> int:
+        """Runs holding a slot, abandoned agents and worker threads still executing."""
+        return len(self._runs) + len(self._abandoned) + self.threads.busy
 
     def add_sink(self, sink: EventSink) -> None:
         self.sinks.append(sink)
@@ -131,7 +139,9 @@ class SessionManager:
                                 f"{', '.join(self.agents)}") from None
 
     async def aclose(self) -> None:
-        """Release what the agents hold (an Agent's pooled model connections); idempotent."""
+        """Release what the agents hold (an Agent's pooled model connections) and the
+        worker threads; idempotent."""
+        self.threads.shutdown()
         for spec in self.agents.values():
             close = getattr(spec.target, "aclose", None)
             if close is not None:

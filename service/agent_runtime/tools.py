@@ -109,7 +109,11 @@ class Tool:
             if inspect.iscoroutinefunction(self.fn):
                 call.result = await self.fn(**kwargs)
             else:
-                call.result = await asyncio.to_thread(self.fn, **kwargs)
+                run = current_run()
+                if run is not None and run.runner is not None:  # the runtime's threads (workers.py)
+                    call.result = await run.runner.manager.threads.call(self.fn, **kwargs)
+                else:
+                    call.result = await asyncio.to_thread(self.fn, **kwargs)
         return call.result
 
 

@@ -304,10 +304,10 @@ async def serve_main(server: RuntimeServer) -> int:
     (abandoned ones that ignore cancellation, or runs cut short by a second
     signal) cannot be waited for, so the process exits without them."""
     code = await server.serve()
-    manager = server.manager
-    if manager.runs or manager.abandoned:
-        logger.error("exiting with %d agents still executing (they ignored cancellation)",
-                     len(manager.runs) + manager.abandoned)
+    busy = server.manager.busy
+    if busy:
+        logger.error("exiting with %d runs, abandoned agents or worker threads still executing "
+                     "(they ignored cancellation)", busy)
         logging.shutdown()
         sys.stdout.flush()
         sys.stderr.flush()

@@ -1,0 +1,61 @@
+"""A run's time limit is the smallest of the request's timeout, the client's
+deadline, the agent's own timeout and the server's `run_timeout`."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+import pytest
+
+from agent_runtime import RunTimeout, SessionManager
+from conftest import runtime_pb2 as pb
+from conftest import stub
+
+
+class Sleepy:
+    name = "sleepy"
+
+    def __init__(self, timeout: float | None = None) -> None:
+        self.timeout = timeout
+
+    async def run(self, input):
+        await asyncio.sleep(30)
+
+
+@pytest.mark.parametrize("agent_timeout, default, requested, expected", [
+    (0.05, None, None, "0.05s"),
+    (None, 0.05, None, "0.05s"),
+    (0.5, 0.04, None, "0.04s"),
+    (0.5, 0.4, 0.03, "0.03s"),
+])
+async def test_smallest_bound_wins(agent_timeout, default, requested, expected):
+    manager = SessionManager(Sleepy(agent_timeout), default_timeout=default)
+    async with manager.session() as session:
+        async with session.run("x", timeout=requested) as runner:
+            with pytest.raises(RunTimeout, match=f"time limit of {expected}"):
+                await runner.result()
+    assert manager.admission.in_use == 0
+
+
+async def test_run_timeout_setting_over_grpc(serve, channel_to):
+    server = await serve(Sleepy(), run_timeout=0.05)
+    client = stub(channel_to(server.address))
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await client.Invoke(pb.InvokeRequest(input=pb.Payload(text="x")), timeout=10)
+    assert caught.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+    assert "0.05s" in caught.value.details()
+    assert dict(caught.value.trailing_metadata())["agent-runtime-run-id"]
+    request = pb.InvokeRequest(input=pb.Payload(text="x"))
+    request.timeout.FromMilliseconds(20)
+    with pytest.raises(grpc.aio.AioRpcError) as smaller:
+        await client.Invoke(request, timeout=10)
+    assert "0.02s" in smaller.value.details()
+    with pytest.raises(grpc.aio.AioRpcError) as deadline:  # the client's own deadline, shorter still
+        await client.Invoke(pb.InvokeRequest(input=pb.Payload(text="x")), timeout=0.01)
+    assert deadline.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+    for _ in range(300):
+        if not server.manager.admission.in_use:
+            break
+        await asyncio.sleep(0.01)
+    assert server.manager.admission.in_use == 0
