@@ -13,7 +13,10 @@ from grpc_reflection.v1alpha import reflection_pb2
 from prometheus_client import CollectorRegistry
 
 from agent_runtime import Overloaded, RuntimeServer, ServerConfig, SessionManager
+from agent_runtime.context import RunContext
 from agent_runtime.echo import echo_agent
+from agent_runtime.events import EventType, RunEvent, RunStatus
+from agent_runtime.metrics import GrpcMetrics, MetricsSink
 from conftest import free_port, runtime_pb2, stub
 from observed import Scripted, request, sample, scrape, wait_until
 
@@ -139,8 +142,6 @@ async def test_health_and_reflection_rpcs_are_counted(serve, channel_to):
 async def test_python_api_refusals_count_as_rejected():
     registry = CollectorRegistry()
     manager = SessionManager(Scripted(), max_concurrency=1, max_queue=0)
-    from agent_runtime.metrics import MetricsSink
-
     manager.add_sink(MetricsSink(registry, manager))
     async with manager.session(user_id="u") as session:
         async with session.run({"sleep": 0}) as runner:
@@ -209,3 +210,26 @@ def test_metrics_settings_from_cli_env_and_validation(server_process):
         ServerConfig(metrics_port=70000)
     with pytest.raises(ConfigError, match="log_format must be text or json"):
         ServerConfig(log_format="xml")
+
+
+def test_histogram_buckets_are_cumulative_and_inclusive():
+    registry = CollectorRegistry()
+    sink = MetricsSink(registry, SessionManager(Scripted()))
+    for seq, duration in enumerate((0.005, 0.0051, 700.0)):
+        run = RunContext(f"run-{seq}", AGENT, "s", "u")
+        sink.on_event(RunEvent(run, 0, EventType.RUN_END, 0.0, {
+            "status": RunStatus.OK, "duration": duration, "queue_wait": 0.0}))
+    labels = {"agent": AGENT, "status": "ok"}
+    buckets = [registry.get_sample_value("agent_runtime_run_duration_seconds_bucket", {**labels, "le": le})
+               for le in ("0.005", "0.01", "600.0", "+Inf")]
+    assert buckets == [1, 2, 2, 3]
+    assert registry.get_sample_value("agent_runtime_run_duration_seconds_count", labels) == 3
+    assert registry.get_sample_value("agent_runtime_run_duration_seconds_sum", labels) == pytest.approx(700.0101)
+    assert registry.get_sample_value("agent_runtime_runs_total", labels) == 3
+
+
+def test_metric_names_clash_is_refused():
+    registry = CollectorRegistry()
+    GrpcMetrics(registry)
+    with pytest.raises(ValueError, match="Duplicated timeseries"):
+        GrpcMetrics(registry)

@@ -1,24 +1,28 @@
 """Prometheus metrics: semaphore occupancy, per-run events and the gRPC server family.
 
-Occupancy (limit, in flight, queued) and run counts are read from plain counters
-when Prometheus scrapes (`RuntimeCollector`), so admission pays nothing for them.
-Histograms and event counters are fed by `MetricsSink` from the one per-run
-event stream, with label children bound once per agent so the hot path does no
-label lookups. Every metric lives in a registry handed in by the caller: no
-global state. Labels are bounded: agent, status, event type, tool, model,
-gRPC method and code; never user, session or run ids.
+Occupancy (limit, in flight, queued) and refusals are read from the admission
+counters when Prometheus scrapes. The other counters and histograms are plain
+numbers too (`_Family`): the event stream and the RPC wrapper add to label
+children bound once (per agent at start-up, per gRPC method at registration, per
+tool or model on first use), with no locks and no `.labels()` lookups, and
+prometheus_client renders them at scrape time. Every metric lives in a registry
+handed in by the caller: no global state. Labels are bounded: agent, status,
+event type, tool, model, gRPC method and code; never user, session or run ids.
 """
 
 from __future__ import annotations
 
+import math
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Iterator
+from bisect import bisect_left
+from itertools import accumulate
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import grpc
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
+from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.utils import floatToGoString
 
 from .events import EventType, RunEvent, RunStatus
 
@@ -34,15 +38,87 @@ RPC_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 
                30, 60, 120, 300, 600)
 
 REJECTED = "rejected"
-RUN_STATUSES = (*(status.value for status in RunStatus), REJECTED)
-# Every status name a gRPC call can end with, as the `grpc_code` label spells it.
-GRPC_CODES = {code: code.name for code in grpc.StatusCode}
 
 
-class RuntimeCollector(Collector):
-    """Occupancy and run counts read at scrape time from the SessionManager's counters."""
+class _Count:
+    __slots__ = ("value",)
 
-    def __init__(self, manager: "SessionManager", runs: "MetricsSink") -> None:
+    def __init__(self) -> None:
+        self.value = 0
+
+    def inc(self, amount: float = 1) -> None:
+        self.value += amount
+
+
+class _Buckets:
+    """A histogram child: a count per bucket (the last is +Inf) and the sum."""
+
+    __slots__ = ("bounds", "counts", "sum")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * len(bounds)
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.sum += value
+
+
+class _Family:
+    """A counter or histogram family of plain-number children, rendered at scrape time.
+
+    Only the event loop's thread writes; a scrape (another thread) copies each child
+    in single C calls under the GIL, so it never sees a torn dict or list."""
+
+    def __init__(self, name: str, help: str, labels: Sequence[str], buckets: Sequence[float] = ()) -> None:
+        self.name = name
+        self.help = help
+        self.labels = list(labels)
+        self.bounds = (*buckets, math.inf) if buckets else ()
+        self.children: dict[tuple[str, ...], Any] = {}
+        self._le = [floatToGoString(bound) for bound in self.bounds]
+
+    def child(self, *values: str) -> Any:
+        found = self.children.get(values)
+        if found is None:
+            found = self.children[values] = _Buckets(self.bounds) if self.bounds else _Count()
+        return found
+
+    def collect(self) -> Metric:
+        children = list(self.children.items())
+        if not self.bounds:
+            family = CounterMetricFamily(self.name, self.help, labels=self.labels)
+            for values, count in children:
+                family.add_metric(values, count.value)
+            return family
+        family = HistogramMetricFamily(self.name, self.help, labels=self.labels)
+        for values, histogram in children:
+            counts, total = list(histogram.counts), histogram.sum
+            family.add_metric(values, list(zip(self._le, accumulate(counts))), total)
+        return family
+
+
+class _Collector:
+    """Hands families to a registry; `describe` lets it refuse clashing names."""
+
+    def __init__(self, families: Sequence[_Family]) -> None:
+        self.families = tuple(families)
+
+    def collect(self) -> Iterator[Metric]:
+        for family in self.families:
+            yield family.collect()
+
+    def describe(self) -> Iterator[Metric]:
+        return self.collect()
+
+
+class RuntimeCollector(_Collector):
+    """The run families plus occupancy and refusals, read from the SessionManager's
+    admission counters at scrape time."""
+
+    def __init__(self, manager: "SessionManager", families: Sequence[_Family], runs: _Family) -> None:
+        super().__init__(families)
         self.manager = manager
         self.runs = runs
 
@@ -50,8 +126,7 @@ class RuntimeCollector(Collector):
         admission = self.manager.admission
         agents = tuple(self.manager.agents)
         # Copies taken in one C call each: the event loop thread may add keys meanwhile.
-        running, queued = dict(admission.running), dict(admission.queued)
-        rejected, finished = dict(admission.rejected), dict(self.runs.finished)
+        running, queued, rejected = dict(admission.running), dict(admission.queued), dict(admission.rejected)
         limit = GaugeMetricFamily("agent_runtime_concurrency_limit",
                                   "Runs that may execute at once (0 = unlimited).")
         limit.add_metric([], admission.limit)
@@ -62,80 +137,68 @@ class RuntimeCollector(Collector):
         for agent in agents:
             in_flight.add_metric([agent], running.get(agent, 0))
             waiting.add_metric([agent], queued.get(agent, 0))
-        total = CounterMetricFamily(
-            "agent_runtime_runs", "Runs ended, by final status; `rejected` counts runs "
-            "refused by admission (queue full, queue wait exceeded, per-user cap, draining).",
-            labels=["agent", "status"])
-        for agent in agents:
-            for status in RUN_STATUSES:
-                count = rejected.get(agent, 0) if status == REJECTED else finished.get((agent, status), 0)
-                total.add_metric([agent, status], count)
         yield limit
         yield in_flight
         yield waiting
-        yield total
+        for family in self.families:
+            metric = family.collect()
+            if family is self.runs:
+                for agent in sorted({*agents, *rejected}):
+                    metric.add_metric([agent, REJECTED], rejected.get(agent, 0))
+            yield metric
 
 
 class _AgentMetrics:
-    """The label children of one agent, bound once."""
+    """The children of one agent, bound once."""
 
-    __slots__ = ("name", "events", "duration", "queue_wait", "first_chunk", "tools", "tokens", "sink")
+    __slots__ = ("events", "runs", "duration", "queue_wait", "first_chunk", "name")
 
     def __init__(self, sink: "MetricsSink", name: str) -> None:
         self.name = name
-        self.sink = sink
-        self.events = {t: sink.events.labels(name, t.value) for t in EventType}
-        self.duration = {s: sink.duration.labels(name, s.value) for s in RunStatus}
-        self.queue_wait = sink.queue_wait.labels(name)
-        self.first_chunk = sink.first_chunk.labels(name)
-        self.tools: dict[tuple[str, RunStatus], Any] = {}
-        self.tokens: dict[str, tuple[Any, Any]] = {}
-
-    def tool(self, tool: str, status: RunStatus) -> Any:
-        child = self.tools.get((tool, status))
-        if child is None:
-            child = self.tools[(tool, status)] = self.sink.tool_calls.labels(self.name, tool, status.value)
-        return child
-
-    def model_tokens(self, model: str) -> tuple[Any, Any]:
-        pair = self.tokens.get(model)
-        if pair is None:
-            tokens = self.sink.tokens
-            pair = self.tokens[model] = (tokens.labels(self.name, model, "input"),
-                                         tokens.labels(self.name, model, "output"))
-        return pair
+        self.events = {t: sink.events.child(name, t.value) for t in EventType}
+        self.runs = {s: sink.runs.child(name, s.value) for s in RunStatus}
+        self.duration = {s: sink.duration.child(name, s.value) for s in RunStatus}
+        self.queue_wait = sink.queue_wait.child(name)
+        self.first_chunk = sink.first_chunk.child(name)
 
 
 class MetricsSink:
     """Turns every run's events into Prometheus metrics in `registry`."""
 
     def __init__(self, registry: CollectorRegistry, manager: "SessionManager") -> None:
-        self.finished: dict[tuple[str, str], int] = {}
-        self.duration = Histogram(
-            "agent_runtime_run_duration_seconds", "Run time from slot taken to run end, by status.",
-            ["agent", "status"], buckets=RUN_BUCKETS, registry=registry)
-        self.queue_wait = Histogram(
-            "agent_runtime_queue_wait_seconds", "Time admitted runs waited for a concurrency slot.",
-            ["agent"], buckets=WAIT_BUCKETS, registry=registry)
-        self.first_chunk = Histogram(
-            "agent_runtime_time_to_first_chunk_seconds",
-            "Time from run start to its first output chunk (streaming agents).",
-            ["agent"], buckets=WAIT_BUCKETS, registry=registry)
-        self.events = Counter("agent_runtime_events", "Run events emitted, by event type.",
-                              ["agent", "type"], registry=registry)
-        self.tool_calls = Counter("agent_runtime_tool_calls", "Tool calls ended, by tool and status.",
-                                  ["agent", "tool", "status"], registry=registry)
-        self.tokens = Counter("agent_runtime_llm_tokens",
-                              "LLM tokens used, by model and kind (input or output).",
-                              ["agent", "model", "kind"], registry=registry)
-        self._agents = {name: _AgentMetrics(self, name) for name in manager.agents}
-        registry.register(RuntimeCollector(manager, self))
+        self.runs = _Family(
+            "agent_runtime_runs", "Runs ended, by final status; `rejected` counts runs refused by "
+            "admission (queue full, queue wait exceeded, per-user cap, draining).", ["agent", "status"])
+        self.duration = _Family("agent_runtime_run_duration_seconds",
+                                "Run time from slot taken to run end, by status.",
+                                ["agent", "status"], RUN_BUCKETS)
+        self.queue_wait = _Family("agent_runtime_queue_wait_seconds",
+                                  "Time admitted runs waited for a concurrency slot.", ["agent"], WAIT_BUCKETS)
+        self.first_chunk = _Family("agent_runtime_time_to_first_chunk_seconds",
+                                   "Time from run start to its first output chunk (streaming agents).",
+                                   ["agent"], WAIT_BUCKETS)
+        self.events = _Family("agent_runtime_events", "Run events emitted, by event type.", ["agent", "type"])
+        self.tool_calls = _Family("agent_runtime_tool_calls", "Tool calls ended, by tool and status.",
+                                  ["agent", "tool", "status"])
+        self.tokens = _Family("agent_runtime_llm_tokens", "LLM tokens used, by model and kind (input or output).",
+                              ["agent", "model", "kind"])
+        self._agents: dict[str, _AgentMetrics] = {}
+        for name in manager.agents:
+            self._agent(name)
+        registry.register(RuntimeCollector(manager, (
+            self.runs, self.duration, self.queue_wait, self.first_chunk, self.events, self.tool_calls,
+            self.tokens), self.runs))
+
+    def _agent(self, name: str) -> _AgentMetrics:
+        """Children of an agent (bound at start-up for the served ones)."""
+        bound = self._agents[name] = _AgentMetrics(self, name)
+        return bound
 
     def on_event(self, event: RunEvent) -> None:
         run = event.run
-        agent = self._agents[run.agent]
+        agent = self._agents.get(run.agent) or self._agent(run.agent)
         kind = event.type
-        agent.events[kind].inc()
+        agent.events[kind].value += 1
         data = event.data
         if kind is EventType.CHUNK:
             scratch = run.scratch
@@ -147,40 +210,39 @@ class MetricsSink:
             agent.queue_wait.observe(data["queue_wait"])
         elif kind is EventType.RUN_END:
             status = data["status"]
-            key = (agent.name, status.value)
-            self.finished[key] = self.finished.get(key, 0) + 1
+            agent.runs[status].value += 1
             agent.duration[status].observe(data["duration"])
         elif kind is EventType.TOOL_END:
-            agent.tool(data["tool"], data["status"]).inc()
+            self.tool_calls.child(agent.name, data["tool"], data["status"].value).value += 1
         elif kind is EventType.LLM_END:
-            input_tokens, output_tokens = agent.model_tokens(data.get("model") or "")
-            input_tokens.inc(data.get("input_tokens") or 0)
-            output_tokens.inc(data.get("output_tokens") or 0)
+            model = data.get("model") or ""
+            self.tokens.child(agent.name, model, "input").value += data.get("input_tokens") or 0
+            self.tokens.child(agent.name, model, "output").value += data.get("output_tokens") or 0
 
 
 class _MethodMetrics:
-    """The gRPC label children of one method, bound when the method is registered."""
+    """The gRPC children of one method, bound when the method is registered."""
 
     __slots__ = ("started", "handling", "handled", "_labels", "_family")
 
     def __init__(self, metrics: "GrpcMetrics", labels: tuple[str, str, str]) -> None:
         self._labels = labels
         self._family = metrics.handled
-        self.started = metrics.started.labels(*labels)
-        self.handling = metrics.handling.labels(*labels)
+        self.started = metrics.started.child(*labels)
+        self.handling = metrics.handling.child(*labels)
         # Other codes are bound on first use: most methods never see most codes.
-        self.handled = {grpc.StatusCode.OK: metrics.handled.labels(*labels, "OK")}
+        self.handled = {grpc.StatusCode.OK: metrics.handled.child(*labels, "OK")}
 
     def begin(self, context: Any) -> float:
-        self.started.inc()
+        self.started.value += 1
         return time.perf_counter()
 
     def end(self, started: float, code: grpc.StatusCode) -> None:
         self.handling.observe(time.perf_counter() - started)
         child = self.handled.get(code)
         if child is None:
-            child = self.handled[code] = self._family.labels(*self._labels, GRPC_CODES[code])
-        child.inc()
+            child = self.handled[code] = self._family.child(*self._labels, code.name)
+        child.value += 1
 
 
 class GrpcMetrics:
@@ -188,13 +250,12 @@ class GrpcMetrics:
 
     def __init__(self, registry: CollectorRegistry) -> None:
         labels = ["grpc_type", "grpc_service", "grpc_method"]
-        self.started = Counter("grpc_server_started", "RPCs started on the server.", labels,
-                               registry=registry)
-        self.handled = Counter("grpc_server_handled", "RPCs completed on the server, by status code.",
-                               [*labels, "grpc_code"], registry=registry)
-        self.handling = Histogram("grpc_server_handling_seconds",
-                                  "Time from RPC start to its status being decided.", labels,
-                                  buckets=RPC_BUCKETS, registry=registry)
+        self.started = _Family("grpc_server_started", "RPCs started on the server.", labels)
+        self.handled = _Family("grpc_server_handled", "RPCs completed on the server, by status code.",
+                               [*labels, "grpc_code"])
+        self.handling = _Family("grpc_server_handling_seconds",
+                                "Time from RPC start to its status being decided.", labels, RPC_BUCKETS)
+        registry.register(_Collector((self.started, self.handled, self.handling)))
 
     def method(self, service: str, method: str, grpc_type: str) -> _MethodMetrics:
         return _MethodMetrics(self, (grpc_type, service, method))

@@ -3,8 +3,8 @@
 Each method handler is wrapped once, when its service is registered, with the
 probes of every observer bound for that method; a call then costs the probes'
 own work and one extra frame. An aio `ServerInterceptor` would also await an
-interceptor coroutine and build a new handler per call (measured about 5 µs a
-call slower, see docs/observability.md). Services that register themselves
+interceptor coroutine and build a new handler per call (that doubled the cost of
+the metrics, see docs/observability.md). Services that register themselves
 (health, reflection) are handed an `ObservedRegistrar` in place of the server.
 """
 
