@@ -243,3 +243,16 @@ async def test_run_timeout_bounds_the_run(serve):
             await client.invoke("30", run_timeout=0.2, timeout=30)
     assert info.value.code is grpc.StatusCode.DEADLINE_EXCEEDED
     assert "0.2s" in info.value.message
+
+
+async def test_sync_stream_abandoned_midway_ends_the_run(serve):
+    server = await serve(interop_agents.slow, max_concurrency=1, max_queue=0)
+
+    def abandon() -> str:
+        with SyncAgentRuntimeClient(server.address) as client:
+            for event in client.stream("60", timeout=60):
+                assert event.kind == "started"
+                break  # the generator is closed here: the call and its run are cancelled
+            return client.invoke("0", timeout=30).output  # admitted: the only slot is free again
+
+    assert await asyncio.to_thread(abandon) == "slept 0s"

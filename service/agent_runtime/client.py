@@ -360,6 +360,7 @@ class SyncAgentRuntimeClient:
         """Close the channel and stop the client's thread; idempotent."""
         if not self._loop.is_closed():
             self._call(self._client.close())
+            self._call(self._loop.shutdown_asyncgens())  # streams nobody finished reading
             self._stop_loop()
 
     def invoke(self, input: Any, **options: Any) -> RunResult:
@@ -369,15 +370,17 @@ class SyncAgentRuntimeClient:
     def stream(self, input: Any, **options: Any) -> Iterator[StreamEvent]:
         """See AgentRuntimeClient.stream."""
         events = self._client.stream(input, **options)
-        try:
-            while True:
-                try:
-                    yield self._call(events.__anext__())
-                except StopAsyncIteration:
-                    return
-        finally:
-            if not self._loop.is_closed():
-                self._call(events.aclose())
+        while True:
+            try:
+                event = self._call(events.__anext__())
+            except StopAsyncIteration:
+                return
+            try:
+                yield event
+            except GeneratorExit:  # the caller stopped reading: end the call (and so the run)
+                if not self._loop.is_closed():
+                    self._call(events.aclose())
+                raise
 
     def list_agents(self, **options: Any) -> list[AgentInfo]:
         return self._call(self._client.list_agents(**options))
