@@ -10,6 +10,9 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from prometheus_client import CollectorRegistry
 
 from agent_runtime import Overloaded, RuntimeServer, ServerConfig, SessionManager
@@ -233,3 +236,26 @@ def test_metric_names_clash_is_refused():
     GrpcMetrics(registry)
     with pytest.raises(ValueError, match="Duplicated timeseries"):
         GrpcMetrics(registry)
+
+
+async def test_calls_refused_by_token_auth_are_counted_and_traced(serve, channel_to):
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    port = free_port()
+    server = await serve(metrics_port=port, auth_token="s3cret", tracer_provider=provider)
+    client = stub(channel_to(server.address))
+    text = runtime_pb2.InvokeRequest(input=runtime_pb2.Payload(text="x"))
+    assert await _rpc_error(client.Invoke(text)) is grpc.StatusCode.UNAUTHENTICATED
+    assert await _rpc_error(client.InvokeStream(text).read()) is grpc.StatusCode.UNAUTHENTICATED
+    await client.Invoke(text, metadata=(("authorization", "Bearer s3cret"),))
+
+    samples = scrape(port)
+    for grpc_type, method, code in (("unary", "Invoke", "UNAUTHENTICATED"), ("unary", "Invoke", "OK"),
+                                    ("server_stream", "InvokeStream", "UNAUTHENTICATED")):
+        assert sample(samples, "grpc_server_handled_total", grpc_type=grpc_type, grpc_method=method,
+                      grpc_service="agent_runtime.v1.AgentRuntime", grpc_code=code) == 1
+    codes = sorted(span.attributes["rpc.response.status_code"] for span in exporter.get_finished_spans()
+                   if span.name.startswith("agent_runtime.v1.AgentRuntime/"))
+    assert codes == ["OK", "UNAUTHENTICATED", "UNAUTHENTICATED"]
+    provider.shutdown()

@@ -21,6 +21,7 @@ import grpc
 
 from ..config import ConfigError, ServerConfig, env_name
 from ..errors import Unauthenticated
+from .instrument import with_behavior
 from .status import abort
 
 logger = logging.getLogger("agent_runtime.auth")
@@ -124,20 +125,16 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
 
 
 def _denial(handler: grpc.RpcMethodHandler | None, reason: str) -> grpc.RpcMethodHandler:
-    """A handler of the same shape as `handler` that answers UNAUTHENTICATED with `reason`."""
+    """A handler of the same shape as `handler` that answers UNAUTHENTICATED with `reason`
+    without reading the request; observed as `handler` is, so refusals are counted and
+    traced like any other call."""
 
     async def deny(request: Any, context: grpc.aio.ServicerContext) -> None:
         await abort(context, Unauthenticated(reason))
 
-    request_streaming = handler is not None and handler.request_streaming
-    response_streaming = handler is not None and handler.response_streaming
-    if request_streaming and response_streaming:
-        return grpc.stream_stream_rpc_method_handler(deny)
-    if request_streaming:
-        return grpc.stream_unary_rpc_method_handler(deny)
-    if response_streaming:
-        return grpc.unary_stream_rpc_method_handler(deny)
-    return grpc.unary_unary_rpc_method_handler(deny)
+    if handler is None:  # an unknown method: refused before it would be UNIMPLEMENTED
+        return grpc.unary_unary_rpc_method_handler(deny)
+    return with_behavior(handler, deny)._replace(request_deserializer=None)
 
 
 def interceptors(config: ServerConfig) -> list[grpc.aio.ServerInterceptor]:

@@ -84,6 +84,7 @@ def _observed(behavior: Any, probe: RpcProbe) -> Any:
             finally:
                 probe.end(token, code)
 
+        observed_stream.probe = probe
         return observed_stream
 
     async def observed(request: Any, context: grpc.aio.ServicerContext) -> Any:
@@ -99,13 +100,26 @@ def _observed(behavior: Any, probe: RpcProbe) -> Any:
         finally:
             probe.end(token, code)
 
+    observed.probe = probe
     return observed
+
+
+def _field(handler: grpc.RpcMethodHandler) -> tuple[str, str]:
+    return _BEHAVIORS[(bool(handler.request_streaming), bool(handler.response_streaming))]
+
+
+def with_behavior(handler: grpc.RpcMethodHandler, behavior: Any) -> grpc.RpcMethodHandler:
+    """`handler` answering with `behavior` instead (an interceptor's refusal, say), and
+    observed as `handler` is, so the call is still counted and traced."""
+    field, _ = _field(handler)
+    probe = getattr(getattr(handler, field), "probe", None)
+    return handler._replace(**{field: behavior if probe is None else _observed(behavior, probe)})
 
 
 def observe_handler(handler: grpc.RpcMethodHandler, service: str, method: str,
                     observers: Sequence[RpcObserver]) -> grpc.RpcMethodHandler:
     """`handler` with its behavior wrapped in the probes of `observers` for this method."""
-    field, grpc_type = _BEHAVIORS[(bool(handler.request_streaming), bool(handler.response_streaming))]
+    field, grpc_type = _field(handler)
     probes = [observer.method(service, method, grpc_type) for observer in observers]
     probe = probes[0] if len(probes) == 1 else _Probes(probes)
     return handler._replace(**{field: _observed(getattr(handler, field), probe)})
