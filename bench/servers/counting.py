@@ -3,8 +3,9 @@
 h2load sees HTTP 200 for every gRPC call, failed or not (the status is in the
 trailers), so the servers count final statuses themselves. The same wrapper
 goes around the bare grpc.aio handlers and the runtime's, so its small cost
-cancels out of every ratio. A handler that returns normally ends with
-grpc-status 0; one that aborts has set the code it is counted under.
+cancels out of every ratio. A handler that returns normally ends with the code
+it set on its context (grpc-status 0 when it set none); one that aborts has set
+the code it is counted under.
 """
 
 from __future__ import annotations
@@ -17,6 +18,13 @@ import grpc
 
 _UNKNOWN = grpc.StatusCode.UNKNOWN.value[0]
 _CANCELLED = grpc.StatusCode.CANCELLED.value[0]
+
+
+def _returned(context: grpc.aio.ServicerContext) -> int:
+    code = context.code()
+    if code is None:
+        return 0
+    return code.value[0] if isinstance(code, grpc.StatusCode) else int(code)
 
 
 def _code(context: grpc.aio.ServicerContext, error: BaseException) -> int:
@@ -38,7 +46,7 @@ def _counted_behavior(behavior: Any, counts: list[int]) -> Any:
             except BaseException as error:
                 counts[_code(context, error)] += 1
                 raise
-            counts[0] += 1
+            counts[_returned(context)] += 1
 
         return stream
 
@@ -48,7 +56,7 @@ def _counted_behavior(behavior: Any, counts: list[int]) -> Any:
         except BaseException as error:
             counts[_code(context, error)] += 1
             raise
-        counts[0] += 1
+        counts[_returned(context)] += 1
         return response
 
     return call
