@@ -13,6 +13,7 @@ import dataclasses
 import importlib
 import importlib.util
 import shlex
+import subprocess
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -79,13 +80,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     header = machine()
     sections: list[Section] = []
+    failures = 0
     try:
         for name in names:
             log(f"== section {name}")
-            sections.append(importlib.import_module(f"bench.{name}").run(bench))
-    except VerificationError as exc:
-        log(f"bench: verification failed: {exc}")
-        return 1
+            try:
+                sections.append(importlib.import_module(f"bench.{name}").run(bench))
+            except (VerificationError, RuntimeError, OSError, subprocess.SubprocessError) as exc:
+                # the other sections still run and are reported; the run fails at the end
+                failures += 1
+                log(f"bench: section {name} failed: {exc}")
+                sections.append(Section(f"{name} (did not complete)", notes=[f"Failed: {exc}"]))
+                for server in list(bench.servers):
+                    bench.stop(server)
     finally:
         bench.close()
     print(terminal(sections))
@@ -97,5 +104,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     out.write_text(markdown(sections, command=command.strip(), commands=bench.commands, header=header,
                             chart=picture.name))
     failed = [t.name for s in sections for t in s.targets if not t.passed]
-    log(f"wrote {out} and {picture}; {len(failed)} of {sum(len(s.targets) for s in sections)} targets failed")
-    return 0
+    log(f"wrote {out} and {picture}; {len(failed)} of {sum(len(s.targets) for s in sections)} targets failed"
+        + (f"; {failures} sections did not complete" if failures else ""))
+    return 1 if failures else 0

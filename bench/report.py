@@ -130,6 +130,10 @@ def markdown(sections: Sequence[Section], *, command: str, commands: dict[str, s
              "call is verified on the server side: each server counts its calls by final gRPC status",
              "(HTTP status for `nat serve`), and a run only counts when the calls the server finished",
              "with the expected status match what h2load saw complete.", "",
+             "Throughput on a machine shared with other work moves with that work; the server's",
+             "CPU time per call (user + system, from /proc, all its threads) moves much less and",
+             "is the better guide to what each layer costs. Ratios are taken round by round and",
+             "their median is reported.", "",
              f"Command: `{command}`", ""]
     if commands:
         lines += ["Servers and loads:", "", "```"]
