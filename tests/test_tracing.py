@@ -305,3 +305,14 @@ async def test_otlp_http_export_switched_on_by_environment(server_process, otlp_
     await _traced_call_then_sigterm(server_process, {"OTEL_EXPORTER_OTLP_ENDPOINT": endpoint,
                                                      "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf"})
     _assert_exported_tree(received)
+
+
+async def test_a_malformed_traceparent_starts_a_new_trace(serve, channel_to, spans):
+    provider, exporter = spans
+    server = await serve(echo_agent, tracer_provider=provider)
+    reply = await stub(channel_to(server.address)).Invoke(
+        runtime_pb2.InvokeRequest(input=runtime_pb2.Payload(text="x")),
+        metadata=(("traceparent", "00-not-a-trace-01"),))
+    (rpc,) = _by_name(exporter.get_finished_spans())[f"{SERVICE}/Invoke"]
+    assert rpc.parent is None
+    assert reply.trace_id == format(rpc.context.trace_id, "032x") != CALLER_TRACE
