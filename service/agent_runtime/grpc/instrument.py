@@ -70,10 +70,10 @@ def _failure(exc: BaseException, context: grpc.aio.ServicerContext) -> grpc.Stat
 
 
 def _observed(behavior: Any, probe: RpcProbe) -> Any:
+    """`behavior` (a coroutine or async generator function) begun and ended by `probe`."""
     if inspect.isasyncgenfunction(behavior):
         async def observed_stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
             token = probe.begin(context)
-            code = _OK
             try:
                 async for response in behavior(request, context):
                     yield response
@@ -89,7 +89,6 @@ def _observed(behavior: Any, probe: RpcProbe) -> Any:
 
     async def observed(request: Any, context: grpc.aio.ServicerContext) -> Any:
         token = probe.begin(context)
-        code = _OK
         try:
             response = await behavior(request, context)
             code = _status(context)
