@@ -65,6 +65,7 @@ async def test_full_span_tree_continues_the_callers_trace(serve, channel_to, spa
     tools = named["execute_tool lookup"]
     assert {span.context.trace_id for span in (rpc, run, chat, *tools)} == {int(CALLER_TRACE, 16)}
     assert rpc.parent.span_id == int(CALLER_SPAN, 16) and rpc.parent.is_remote
+    assert rpc.context.trace_state.get("vendor") == run.context.trace_state.get("vendor") == "1"
     assert rpc.kind is SpanKind.SERVER
     assert dict(rpc.attributes) == {
         "rpc.system.name": "grpc", "rpc.system": "grpc", "rpc.method": f"{SERVICE}/Invoke",
@@ -316,3 +317,20 @@ async def test_a_malformed_traceparent_starts_a_new_trace(serve, channel_to, spa
     (rpc,) = _by_name(exporter.get_finished_spans())[f"{SERVICE}/Invoke"]
     assert rpc.parent is None
     assert reply.trace_id == format(rpc.context.trace_id, "032x") != CALLER_TRACE
+
+
+async def test_python_api_runs_nest_under_the_callers_current_span(spans):
+    from agent_runtime import SessionManager
+
+    provider, exporter = spans
+    tracer = provider.get_tracer("app")
+    manager = SessionManager(Scripted(), sinks=[tracing.TracingSink(tracer)])
+    with tracer.start_as_current_span("app request") as outer:
+        async with manager.session(user_id="u", session_id="conv") as session:
+            async with session.run({"llm": [["m", 1, 1]]}) as runner:
+                await runner.result()
+    named = _by_name(exporter.get_finished_spans())
+    (run,) = named["invoke_agent scripted"]
+    assert run.parent.span_id == outer.get_span_context().span_id
+    assert runner.context.scratch["trace_id"] == format(outer.get_span_context().trace_id, "032x")
+    assert named["chat m"][0].parent.span_id == run.context.span_id
