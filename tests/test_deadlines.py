@@ -4,6 +4,7 @@ deadline, the agent's own timeout and the server's `run_timeout`."""
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import grpc
 import pytest
@@ -54,6 +55,35 @@ async def test_run_timeout_setting_over_grpc(serve, channel_to):
     with pytest.raises(grpc.aio.AioRpcError) as deadline:  # the client's own deadline, shorter still
         await client.Invoke(pb.InvokeRequest(input=pb.Payload(text="x")), timeout=0.01)
     assert deadline.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+    for _ in range(300):
+        if not server.manager.admission.in_use:
+            break
+        await asyncio.sleep(0.01)
+    assert server.manager.admission.in_use == 0
+
+
+async def test_client_deadlines_race_no_status_into_a_finished_call(serve, channel_to, caplog):
+    """The run ends just before the client's deadline, so the client mostly gets the
+    server's DEADLINE_EXCEEDED with the run id; when gRPC has ended the call first,
+    no status is sent into it (which gRPC would log as an error)."""
+    caplog.set_level(logging.ERROR)
+    server = await serve(Sleepy(), max_concurrency=64)
+    client = stub(channel_to(server.address))
+
+    async def one():
+        try:
+            async for _ in client.InvokeStream(pb.InvokeRequest(input=pb.Payload(text="x")), timeout=0.05):
+                pass
+        except grpc.aio.AioRpcError as exc:
+            return exc
+        raise AssertionError("the run outlived the client's deadline")
+
+    errors = []
+    for _ in range(10):
+        errors += await asyncio.gather(*(one() for _ in range(32)))
+    assert {e.code() for e in errors} == {grpc.StatusCode.DEADLINE_EXCEEDED}
+    assert any(dict(e.trailing_metadata() or ()).get("agent-runtime-run-id") for e in errors)
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
     for _ in range(300):
         if not server.manager.admission.in_use:
             break

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import grpc
@@ -49,9 +50,20 @@ def trailing_metadata(exc: AgentRuntimeError) -> tuple[tuple[str, str], ...]:
 
 async def abort(context: grpc.aio.ServicerContext, exc: AgentRuntimeError) -> None:
     """End the call with the status of `exc`; raises, as `context.abort` does. Trailing
-    metadata set before (the trace id, say) is kept."""
-    await context.abort(status_code(exc), exc.message,
-                        trailing_metadata=(*(context.trailing_metadata() or ()), *trailing_metadata(exc)))
+    metadata set before (the trace id, say) is kept. A call gRPC has already ended
+    (its deadline passed, its client left; also while the status was on its way)
+    has no status to send: it is cancelled."""
+    if context.done():
+        raise asyncio.CancelledError
+    try:
+        await context.abort(status_code(exc), exc.message,
+                            trailing_metadata=(*(context.trailing_metadata() or ()), *trailing_metadata(exc)))
+    except grpc.aio.AbortError:
+        raise
+    except Exception:  # gRPC ended the call while the status was being sent
+        if not context.done():
+            raise
+        raise asyncio.CancelledError from None
 
 
 def unexpected(exc: Exception, run_id: str = "") -> AgentError:
