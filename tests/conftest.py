@@ -42,11 +42,12 @@ async def serve() -> AsyncIterator[Callable[..., Any]]:
     started: list[RuntimeServer] = []
 
     async def start(agents: Any = None, *, sinks: Any = (), registry: Any = None,
-                    tracer_provider: Any = None, **settings: Any) -> RuntimeServer:
+                    tracer_provider: Any = None, meter_provider: Any = None,
+                    **settings: Any) -> RuntimeServer:
         settings.setdefault("metrics_port", 0)  # tests that want /metrics pass free_port()
         config = ServerConfig(host="127.0.0.1", port=0, **settings)
         server = RuntimeServer(agents, config, sinks=sinks, registry=registry,
-                               tracer_provider=tracer_provider)
+                               tracer_provider=tracer_provider, meter_provider=meter_provider)
         await server.start()
         started.append(server)
         return server

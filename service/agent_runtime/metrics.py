@@ -27,6 +27,7 @@ from prometheus_client.utils import floatToGoString
 from .events import EventType, RunEvent, RunStatus
 
 if TYPE_CHECKING:
+    from .otel_metrics import OtelMirror
     from .session import SessionManager
 
 # Agent runs last from milliseconds (a cached answer) to minutes (a long tool loop).
@@ -65,24 +66,51 @@ class _Buckets:
         self.sum += value
 
 
+class _MirroredBuckets(_Buckets):
+    """A histogram child that also records into an OpenTelemetry histogram."""
+
+    __slots__ = ("_record", "_attributes")
+
+    def __init__(self, bounds: tuple[float, ...], record: Any, attributes: dict[str, str]) -> None:
+        super().__init__(bounds)
+        self._record = record
+        self._attributes = attributes
+
+    def observe(self, value: float) -> None:
+        _Buckets.observe(self, value)
+        self._record(value, self._attributes)
+
+
 class _Family:
     """A counter or histogram family of plain-number children, rendered at scrape time.
 
     Only the event loop's thread writes; a scrape (another thread) copies each child
     in single C calls under the GIL, so it never sees a torn dict or list."""
 
-    def __init__(self, name: str, help: str, labels: Sequence[str], buckets: Sequence[float] = ()) -> None:
+    def __init__(self, name: str, help: str, labels: Sequence[str], buckets: Sequence[float] = (),
+                 mirror: "OtelMirror | None" = None, *, mirror_counter: bool = True) -> None:
+        """With `mirror`, the family is reported through an OpenTelemetry meter too
+        (a counter family registers itself unless `mirror_counter` is False)."""
         self.name = name
         self.help = help
         self.labels = list(labels)
         self.bounds = (*buckets, math.inf) if buckets else ()
         self.children: dict[tuple[str, ...], Any] = {}
         self._le = [floatToGoString(bound) for bound in self.bounds]
+        self._record = None
+        if mirror is not None and self.bounds:
+            self._record = mirror.histogram(self)
+        elif mirror is not None and mirror_counter:
+            mirror.counter(self)
 
     def child(self, *values: str) -> Any:
         found = self.children.get(values)
         if found is None:
-            found = self.children[values] = _Buckets(self.bounds) if self.bounds else _Count()
+            if self._record is not None:
+                found = _MirroredBuckets(self.bounds, self._record, dict(zip(self.labels, values)))
+            else:
+                found = _Buckets(self.bounds) if self.bounds else _Count()
+            self.children[values] = found
         return found
 
     def collect(self) -> Metric:
@@ -163,25 +191,32 @@ class _AgentMetrics:
 
 
 class MetricsSink:
-    """Turns every run's events into Prometheus metrics in `registry`."""
+    """Turns every run's events into Prometheus metrics in `registry` (and through
+    an OpenTelemetry meter too, with `mirror`)."""
 
-    def __init__(self, registry: CollectorRegistry, manager: "SessionManager") -> None:
+    def __init__(self, registry: CollectorRegistry, manager: "SessionManager",
+                 mirror: "OtelMirror | None" = None) -> None:
         self.runs = _Family(
             "agent_runtime_runs", "Runs ended, by final status; `rejected` counts runs refused by "
-            "admission (queue full, queue wait exceeded, per-user cap, draining).", ["agent", "status"])
+            "admission (queue full, queue wait exceeded, per-user cap, draining).", ["agent", "status"],
+            mirror=mirror, mirror_counter=False)
         self.duration = _Family("agent_runtime_run_duration_seconds",
                                 "Run time from slot taken to run end, by status.",
-                                ["agent", "status"], RUN_BUCKETS)
+                                ["agent", "status"], RUN_BUCKETS, mirror)
         self.queue_wait = _Family("agent_runtime_queue_wait_seconds",
-                                  "Time admitted runs waited for a concurrency slot.", ["agent"], WAIT_BUCKETS)
+                                  "Time admitted runs waited for a concurrency slot.", ["agent"], WAIT_BUCKETS,
+                                  mirror)
         self.first_chunk = _Family("agent_runtime_time_to_first_chunk_seconds",
                                    "Time from run start to its first output chunk (streaming agents).",
-                                   ["agent"], WAIT_BUCKETS)
-        self.events = _Family("agent_runtime_events", "Run events emitted, by event type.", ["agent", "type"])
+                                   ["agent"], WAIT_BUCKETS, mirror)
+        self.events = _Family("agent_runtime_events", "Run events emitted, by event type.", ["agent", "type"],
+                              mirror=mirror)
         self.tool_calls = _Family("agent_runtime_tool_calls", "Tool calls ended, by tool and status.",
-                                  ["agent", "tool", "status"])
+                                  ["agent", "tool", "status"], mirror=mirror)
         self.tokens = _Family("agent_runtime_llm_tokens", "LLM tokens used, by model and kind (input or output).",
-                              ["agent", "model", "kind"])
+                              ["agent", "model", "kind"], mirror=mirror)
+        if mirror is not None:
+            mirror.occupancy(manager, self.runs, REJECTED)
         self._agents: dict[str, _AgentMetrics] = {}
         for name in manager.agents:
             self._agent(name)
@@ -248,13 +283,13 @@ class _MethodMetrics:
 class GrpcMetrics:
     """The usual gRPC server family, recorded for every method the server serves."""
 
-    def __init__(self, registry: CollectorRegistry) -> None:
+    def __init__(self, registry: CollectorRegistry, mirror: "OtelMirror | None" = None) -> None:
         labels = ["grpc_type", "grpc_service", "grpc_method"]
-        self.started = _Family("grpc_server_started", "RPCs started on the server.", labels)
+        self.started = _Family("grpc_server_started", "RPCs started on the server.", labels, mirror=mirror)
         self.handled = _Family("grpc_server_handled", "RPCs completed on the server, by status code.",
-                               [*labels, "grpc_code"])
+                               [*labels, "grpc_code"], mirror=mirror)
         self.handling = _Family("grpc_server_handling_seconds",
-                                "Time from RPC start to its status being decided.", labels, RPC_BUCKETS)
+                                "Time from RPC start to its status being decided.", labels, RPC_BUCKETS, mirror)
         registry.register(_Collector((self.started, self.handled, self.handling)))
 
     def method(self, service: str, method: str, grpc_type: str) -> _MethodMetrics:

@@ -61,11 +61,12 @@ class RuntimeServer:
 
     def __init__(self, agents: Any = None, config: ServerConfig | None = None, *,
                  manager: SessionManager | None = None, sinks: Iterable[EventSink] = (),
-                 registry: Any = None, tracer_provider: Any = None) -> None:
-        """`registry` (a prometheus_client CollectorRegistry) and `tracer_provider` (an
-        OpenTelemetry TracerProvider) come from an embedding application; without them
-        a registry is made when `metrics_port` is set, and a provider when the OTEL_*
-        environment asks for trace export."""
+                 registry: Any = None, tracer_provider: Any = None, meter_provider: Any = None) -> None:
+        """`registry` (a prometheus_client CollectorRegistry), `tracer_provider` and
+        `meter_provider` (OpenTelemetry's) come from an embedding application; without
+        them a registry is made when `metrics_port` is set, and a tracer provider when
+        the OTEL_* environment asks for trace export. With a `meter_provider` the
+        metrics are reported through it too."""
         self.config = config if config is not None else ServerConfig.load()
         if self.config.plugin_handshake:  # a host may launch several: nothing on fixed ports
             self.config = self.config.replace(host="127.0.0.1", port=0, metrics_port=0)
@@ -84,15 +85,20 @@ class RuntimeServer:
         for sink in sinks:
             manager.add_sink(sink)
         self.observers: list[RpcObserver] = []
-        if registry is None and cfg.metrics_port:
+        if registry is None and (cfg.metrics_port or meter_provider is not None):
             from prometheus_client import CollectorRegistry, ProcessCollector
 
             registry = CollectorRegistry()
             ProcessCollector(registry=registry)
         self.registry = registry
         if registry is not None:
-            manager.add_sink(MetricsSink(registry, manager))
-            self.observers.append(GrpcMetrics(registry))
+            mirror = None
+            if meter_provider is not None:
+                from ..otel_metrics import OtelMirror
+
+                mirror = OtelMirror(meter_provider)
+            manager.add_sink(MetricsSink(registry, manager, mirror))
+            self.observers.append(GrpcMetrics(registry, mirror))
         self._own_tracer_provider = tracer_provider is None
         self.tracer_provider = tracer_provider if tracer_provider is not None else tracing.provider_from_env()
         if self.tracer_provider is not None:
