@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 from google.protobuf import struct_pb2
 
@@ -67,11 +67,38 @@ def to_payload(value: Any) -> pb.Payload:
     return pb.Payload(structured=to_value(value))
 
 
-def to_value(obj: Any, _depth: int = 0) -> struct_pb2.Value:
-    """JSON-like Python data (and pydantic models, dataclasses) as a protobuf Value."""
+def build_value(obj: Any, new: Callable[[], Any], set_scalar: Callable[[Any, Any], bool], *,
+                dump_mode: str = "json", _depth: int = 0) -> Any:
+    """`obj` as a Value-like message made by `new` (google.protobuf.Value or Redpanda's,
+    which share the struct and list shapes): containers, pydantic models and dataclasses
+    are walked here, scalars are set by `set_scalar` (False: not a scalar it knows)."""
     if _depth > MAX_DEPTH:
         raise TypeError(f"value nested deeper than {MAX_DEPTH} levels")
-    value = struct_pb2.Value()
+    value = new()
+    if set_scalar(value, obj):
+        return value
+    if isinstance(obj, dict):
+        fields = value.struct_value.fields
+        for key, item in obj.items():
+            if not isinstance(key, str):
+                raise TypeError(f"object keys must be strings, not {type(key).__name__}")
+            fields[key].CopyFrom(build_value(item, new, set_scalar, dump_mode=dump_mode, _depth=_depth + 1))
+    elif isinstance(obj, (list, tuple)):
+        values = value.list_value.values
+        for item in obj:
+            values.add().CopyFrom(build_value(item, new, set_scalar, dump_mode=dump_mode, _depth=_depth + 1))
+    elif hasattr(obj, "model_dump"):
+        return build_value(obj.model_dump(mode=dump_mode), new, set_scalar, dump_mode=dump_mode, _depth=_depth)
+    elif dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return build_value(dataclasses.asdict(obj), new, set_scalar, dump_mode=dump_mode, _depth=_depth)
+    elif isinstance(obj, (Blob, bytes, bytearray, memoryview)):
+        raise TypeError("bytes cannot be nested in structured data")
+    else:
+        raise TypeError(f"values of type {type(obj).__name__} have no wire form")
+    return value
+
+
+def _set_json_scalar(value: struct_pb2.Value, obj: Any) -> bool:
     if obj is None:
         value.null_value = struct_pb2.NULL_VALUE
     elif isinstance(obj, bool):
@@ -82,22 +109,11 @@ def to_value(obj: Any, _depth: int = 0) -> struct_pb2.Value:
         value.number_value = obj
     elif isinstance(obj, str):
         value.string_value = obj
-    elif isinstance(obj, dict):
-        fields = value.struct_value.fields
-        for key, item in obj.items():
-            if not isinstance(key, str):
-                raise TypeError(f"object keys must be strings, not {type(key).__name__}")
-            fields[key].CopyFrom(to_value(item, _depth + 1))
-    elif isinstance(obj, (list, tuple)):
-        values = value.list_value.values
-        for item in obj:
-            values.add().CopyFrom(to_value(item, _depth + 1))
-    elif hasattr(obj, "model_dump"):
-        return to_value(obj.model_dump(mode="json"), _depth)
-    elif dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return to_value(dataclasses.asdict(obj), _depth)
-    elif isinstance(obj, Blob):
-        raise TypeError("bytes cannot be nested in structured data")
     else:
-        raise TypeError(f"values of type {type(obj).__name__} have no wire form")
-    return value
+        return False
+    return True
+
+
+def to_value(obj: Any) -> struct_pb2.Value:
+    """JSON-like Python data (and pydantic models, dataclasses) as a protobuf Value."""
+    return build_value(obj, struct_pb2.Value, _set_json_scalar)

@@ -19,7 +19,6 @@ An agent's output goes back as `bytes` for str (UTF-8), bytes and `Blob`, and as
 from __future__ import annotations
 
 import base64
-import dataclasses
 import datetime
 import json
 from typing import Any
@@ -28,7 +27,7 @@ from google.protobuf import timestamp_pb2
 
 from .._proto.redpanda.runtime.v1alpha1 import message_pb2 as mpb
 from ..errors import AgentError, InvalidInput
-from ..payload import MAX_DEPTH, Blob
+from ..payload import Blob, build_value
 from .messages import checked_metadata
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
@@ -55,11 +54,7 @@ def value_to_python(value: mpb.Value) -> Any:
     return None
 
 
-def to_value(obj: Any, _depth: int = 0) -> mpb.Value:
-    """Python data (and pydantic models, dataclasses) as a Redpanda Value; TypeError if it has none."""
-    if _depth > MAX_DEPTH:
-        raise TypeError(f"value nested deeper than {MAX_DEPTH} levels")
-    value = mpb.Value()
+def _set_scalar(value: mpb.Value, obj: Any) -> bool:
     if obj is None:
         value.null_value = mpb.NULL_VALUE
     elif isinstance(obj, bool):
@@ -81,23 +76,14 @@ def to_value(obj: Any, _depth: int = 0) -> mpb.Value:
         stamp = timestamp_pb2.Timestamp()
         stamp.FromDatetime(obj if obj.tzinfo else obj.replace(tzinfo=datetime.timezone.utc))
         value.timestamp_value.CopyFrom(stamp)
-    elif isinstance(obj, dict):
-        fields = value.struct_value.fields
-        for key, item in obj.items():
-            if not isinstance(key, str):
-                raise TypeError(f"object keys must be strings, not {type(key).__name__}")
-            fields[key].CopyFrom(to_value(item, _depth + 1))
-    elif isinstance(obj, (list, tuple)):
-        values = value.list_value.values
-        for item in obj:
-            values.add().CopyFrom(to_value(item, _depth + 1))
-    elif hasattr(obj, "model_dump"):
-        return to_value(obj.model_dump(), _depth)
-    elif dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return to_value(dataclasses.asdict(obj), _depth)
     else:
-        raise TypeError(f"values of type {type(obj).__name__} have no wire form")
-    return value
+        return False
+    return True
+
+
+def to_value(obj: Any) -> mpb.Value:
+    """Python data (and pydantic models, dataclasses) as a Redpanda Value; TypeError if it has none."""
+    return build_value(obj, mpb.Value, _set_scalar, dump_mode="python")
 
 
 def message_input(message: mpb.Message) -> Any:
