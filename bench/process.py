@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import re
-import select
 import shutil
 import signal
 import subprocess
+import threading
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -36,7 +37,12 @@ def cores() -> tuple[int | None, int | None]:
 
 
 class ServerProcess:
-    """A started server: its announced address, its stats side channel, its RSS."""
+    """A started server: its announced address, its stats side channel, its RSS.
+
+    Its stdout is read all the time by a thread (announcement and stats answers
+    are queued, anything else goes to the log): a server that prints, say, an
+    access log line per request must never block on a full pipe.
+    """
 
     def __init__(self, name: str, argv: Sequence[str], *, core: int | None, env: dict[str, str],
                  cwd: Path, log: Path, start_timeout: float = 120.0) -> None:
@@ -45,7 +51,18 @@ class ServerProcess:
         self._log_file = log.open("w")
         self.proc = subprocess.Popen(pinned(argv, core), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=self._log_file, text=True, env=env, cwd=cwd)
+        self._lines: queue.Queue[str] = queue.Queue()
+        self._reader = threading.Thread(target=self._read_stdout, name=f"{name} stdout", daemon=True)
+        self._reader.start()
         self.host, self.port = self._await_address(start_timeout)
+
+    def _read_stdout(self) -> None:
+        with self.proc.stdout:
+            for line in self.proc.stdout:
+                if line.startswith(PREFIX) or _ADDRESS.search(line):
+                    self._lines.put(line)
+                elif not self._log_file.closed:
+                    self._log_file.write(line)
 
     @property
     def address(self) -> str:
@@ -55,13 +72,13 @@ class ServerProcess:
         while True:
             left = deadline - time.monotonic()
             if left <= 0 or self.proc.poll() is not None:
+                self._log_file.flush()
                 raise RuntimeError(f"{self.name} did not answer in time (exit {self.proc.poll()}); "
                                    f"log {self.log}:\n{self.log.read_text()[-3000:]}")
-            ready, _, _ = select.select([self.proc.stdout], [], [], min(left, 0.5))
-            if ready:
-                line = self.proc.stdout.readline()
-                if line:
-                    return line
+            try:
+                return self._lines.get(timeout=min(left, 0.5))
+            except queue.Empty:
+                continue
 
     def _await_address(self, timeout: float) -> tuple[str, int]:
         deadline = time.monotonic() + timeout
@@ -100,9 +117,9 @@ class ServerProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(10)
-        for stream in (self.proc.stdin, self.proc.stdout):
-            try:
-                stream.close()
-            except (BrokenPipeError, OSError):
-                pass
+        try:
+            self.proc.stdin.close()
+        except (BrokenPipeError, OSError):
+            pass
+        self._reader.join(10)
         self._log_file.close()
