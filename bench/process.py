@@ -95,7 +95,7 @@ class ServerProcess:
         while True:
             line = self._readline(deadline)
             if line.startswith(PREFIX):
-                return json.loads(line[len(PREFIX):])
+                return json.JSONDecoder().raw_decode(line[len(PREFIX):])[0]
 
     def cpu_seconds(self) -> float:
         """User plus system CPU time the server has used so far (all its threads)."""

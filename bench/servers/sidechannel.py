@@ -43,6 +43,9 @@ def serve_stats(counts: list[int], extra: Callable[[], dict[str, Any]] | None = 
             stats: dict[str, Any] = {name: n for name, n in zip(STATUS_NAMES, snapshot) if n}
             if extra is not None:
                 stats.update(extra())
-            print(PREFIX + json.dumps(stats), flush=True)
+            # one write of the whole line: a server's own output (an access log line
+            # written by another thread) must not land inside it
+            sys.stdout.write(PREFIX + json.dumps(stats) + "\n")
+            sys.stdout.flush()
 
     threading.Thread(target=answer, name="bench-stats", daemon=True).start()
