@@ -13,6 +13,7 @@ import dataclasses
 import importlib
 import importlib.util
 import shlex
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -69,6 +70,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise SystemExit(f"unknown sections {unknown}; available: {', '.join(names)}")
         names = wanted
     deps.ensure_h2load()
+    # SIGTERM unwinds like Ctrl-C, so the servers started so far are stopped, not orphaned
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     bench = Bench(settings)
     if args.profile:
         from . import profile
