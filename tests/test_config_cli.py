@@ -10,6 +10,7 @@ import pytest
 from agent_runtime import ConfigError, ServerConfig
 from agent_runtime.builder import AgentBuilder, load_object
 from agent_runtime.cli import build_parser, load_server_config
+from conftest import ROOT
 
 
 def config_from(argv: list[str], environ: dict[str, str] | None = None):
@@ -38,9 +39,11 @@ def test_every_setting_has_a_flag_and_env_var():
     from agent_runtime import config
 
     help_text = build_parser()._subparsers._group_actions[0].choices["serve"].format_help()
+    readme = (ROOT / "README.md").read_text()
     for f in config.fields():
         assert config.flag_name(f) in help_text
         assert config.env_name(f.name) in help_text
+        assert f"`{config.env_name(f.name)}`" in readme, f"README's settings table lacks {f.name}"
 
 
 @pytest.mark.parametrize("argv, env, message", [
