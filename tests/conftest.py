@@ -153,3 +153,17 @@ async def fake_llm() -> AsyncIterator[Any]:
     await server.start()
     yield server
     await server.close()
+
+
+@pytest.fixture
+def spans():
+    """A tracer provider exporting to memory: `(provider, exporter)`; shut down at teardown."""
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    yield provider, exporter
+    provider.shutdown()

@@ -17,6 +17,7 @@ from conftest import ROOT, runtime_pb2
 
 from bench.h2load import LoadResult
 from bench.harness import VerificationError, verify
+from bench.servers import bare_echo
 from bench.servers.counting import counted_all
 from bench.servers.sidechannel import STATUS_NAMES, new_counts
 
@@ -70,14 +71,7 @@ async def test_counting_wrapper_counts_final_statuses():
             await asyncio.sleep(30)
 
     counts = new_counts()
-    handlers = counted_all({
-        "Invoke": grpc.unary_unary_rpc_method_handler(
-            invoke, request_deserializer=runtime_pb2.InvokeRequest.FromString,
-            response_serializer=runtime_pb2.InvokeResponse.SerializeToString),
-        "InvokeStream": grpc.unary_stream_rpc_method_handler(
-            invoke_stream, request_deserializer=runtime_pb2.InvokeRequest.FromString,
-            response_serializer=runtime_pb2.InvokeEvent.SerializeToString),
-    }, counts)
+    handlers = counted_all(bare_echo.handlers(invoke, invoke_stream), counts)
     server = grpc.aio.server()
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("agent_runtime.v1.AgentRuntime",
                                                                           handlers),))

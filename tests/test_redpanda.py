@@ -13,9 +13,6 @@ from pathlib import Path
 import grpc
 import pytest
 from google.protobuf import timestamp_pb2
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 import interop_agents
 from agent_runtime import echo
@@ -258,17 +255,8 @@ async def test_client_built_from_the_first_redpanda_protocol_version(serve, tmp_
 # -- with tracing on: the spans returned are the run's real spans, under the caller's span
 
 
-@pytest.fixture
-def traced():
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    yield provider, exporter
-    provider.shutdown()
-
-
-async def test_traced_server_returns_its_exported_spans_under_the_callers_span(serve, channel_to, traced):
-    provider, exporter = traced
+async def test_traced_server_returns_its_exported_spans_under_the_callers_span(serve, channel_to, spans):
+    provider, exporter = spans
     server = await serve(tracer_provider=provider)
     message = mpb.Message(structured=to_value({"tool": "reverse", "arguments": {"text": "abc"}}))
     call = stubs(channel_to(server.address))["AgentRuntime"].InvokeAgent(
@@ -288,8 +276,8 @@ async def test_traced_server_returns_its_exported_spans_under_the_callers_span(s
     assert value_to_python(root.attributes["gen_ai.agent.name"]) == "echo"
 
 
-async def test_traced_concurrent_calls_each_get_their_own_spans(serve, channel_to, traced):
-    provider, _ = traced
+async def test_traced_concurrent_calls_each_get_their_own_spans(serve, channel_to, spans):
+    provider, _ = spans
     server = await serve(interop_agents.whoami, tracer_provider=provider)
     stub = stubs(channel_to(server.address))["Runtime"]
     contexts = [pb.TraceContext(trace_id=f"{i + 1:032x}", span_id=f"{i + 1:016x}", trace_flags="01")
@@ -305,8 +293,8 @@ async def test_traced_concurrent_calls_each_get_their_own_spans(serve, channel_t
     assert len(run_ids) == 8
 
 
-async def test_traced_server_without_trace_context_returns_no_trace(serve, channel_to, traced):
-    provider, exporter = traced
+async def test_traced_server_without_trace_context_returns_no_trace(serve, channel_to, spans):
+    provider, exporter = spans
     server = await serve(tracer_provider=provider)
     reply = await stubs(channel_to(server.address))["AgentRuntime"].InvokeAgent(
         pb.InvokeAgentRequest(message=mpb.Message(bytes=b"x")))

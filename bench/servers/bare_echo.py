@@ -32,7 +32,8 @@ async def invoke_stream(request: Any, context: grpc.aio.ServicerContext) -> Asyn
         yield pb.InvokeEvent(chunk=pb.Payload(text=word))
 
 
-def handlers() -> dict[str, grpc.RpcMethodHandler]:
+def handlers(invoke: Any = invoke, invoke_stream: Any = invoke_stream) -> dict[str, grpc.RpcMethodHandler]:
+    """Plain handlers of the two Invoke methods (echo by default; tests hand in others)."""
     return {
         "Invoke": grpc.unary_unary_rpc_method_handler(
             invoke, request_deserializer=pb.InvokeRequest.FromString,
