@@ -42,30 +42,43 @@ class Admission:
         """Take a slot for a run of agent `label`; returns the seconds spent queued.
 
         A refusal (`Overloaded`, `Draining`) is counted in `rejected[label]`."""
+        return 0.0 if self.take(user_id, label) else await self.queue(user_id, label)
+
+    def take(self, user_id: str = "", label: str = "") -> bool:
+        """Take a free slot at once (True), or say the run must `queue` for one (False).
+
+        The common case costs no coroutine: callers await `queue` only on False."""
+        if self.draining:
+            self._refused(label)
+            raise Draining("server is draining; retry on another replica")
+        if self.per_user_limit and user_id:
+            held = self._per_user.get(user_id, 0)
+            if held >= self.per_user_limit:
+                self._refused(label)
+                raise Overloaded(f"user {user_id!r} already has {held} runs "
+                                 f"(per-user limit {self.per_user_limit})", retry_after=self._retry_after())
+            self._per_user[user_id] = held + 1
+        if not self.limit or (self.in_use < self.limit and not self._waiters):
+            self.in_use += 1
+            running = self.running
+            running[label] = running.get(label, 0) + 1
+            return True
+        return False
+
+    async def queue(self, user_id: str = "", label: str = "") -> float:
+        """Wait in the queue for a slot after `take` said False; returns the seconds waited."""
         try:
-            if self.draining:
-                raise Draining("server is draining; retry on another replica")
-            if self.per_user_limit and user_id:
-                held = self._per_user.get(user_id, 0)
-                if held >= self.per_user_limit:
-                    raise Overloaded(f"user {user_id!r} already has {held} runs "
-                                     f"(per-user limit {self.per_user_limit})",
-                                     retry_after=self._retry_after())
-                self._per_user[user_id] = held + 1
-            if not self.limit or (self.in_use < self.limit and not self._waiters):
-                self.in_use += 1
-                self.running[label] = self.running.get(label, 0) + 1
-                return 0.0
-            try:
-                waited = await self._wait(label)
-            except BaseException:
-                self._forget_user(user_id)
-                raise
-        except (Overloaded, Draining):
-            self.rejected[label] = self.rejected.get(label, 0) + 1
+            waited = await self._wait(label)
+        except BaseException as exc:
+            self._forget_user(user_id)
+            if isinstance(exc, (Overloaded, Draining)):
+                self._refused(label)
             raise
         self.running[label] = self.running.get(label, 0) + 1
         return waited
+
+    def _refused(self, label: str) -> None:
+        self.rejected[label] = self.rejected.get(label, 0) + 1
 
     async def _wait(self, label: str) -> float:
         if len(self._waiters) >= self.max_queue:

@@ -5,6 +5,13 @@ deadline and, if the agent ignores cancellation, abandoned after a grace period
 with its slot freed. Whatever the outcome (ok, error, cancelled, timeout) the
 Runner emits `run.end` once and gives the slot back once.
 
+A run the caller awaits (`result()`) executes in the caller's own task, in a
+context of its own that `_drive` steps it in, as a task of its own would: a task
+per run, and the two wake-ups it costs, were a third of the runtime's overhead on
+a unary call. A streamed run (`events()`) gets its own task, since the agent and
+the reader go on at once. The agent sees the same either way: its own
+contextvars, one current task from start to end, cancellation at an `await`.
+
 Cancellation contract for agent code: a run is cancelled by raising
 `asyncio.CancelledError` at an `await`; agents should let it propagate (after
 their own clean-up). An agent still running `cancel_grace` seconds later is
@@ -23,10 +30,11 @@ import asyncio
 import contextvars
 import logging
 import time
-from typing import TYPE_CHECKING, Any, AsyncIterator, Mapping
+import types
+from typing import TYPE_CHECKING, Any, AsyncIterator, Coroutine, Mapping
 
 from .agent import AgentSpec, CallKind
-from .context import RunContext, _set, new_id
+from .context import RunContext, _current, new_id
 from .errors import AgentError, AgentRuntimeError, Draining, RunCancelled, RunTimeout
 from .events import EventBuffer, EventType, RunEvent, RunStatus
 
@@ -38,13 +46,75 @@ logger = logging.getLogger("agent_runtime.run")
 _END_STATUS = {RunTimeout: RunStatus.TIMEOUT, RunCancelled: RunStatus.CANCELLED}
 
 
+_NOT_STARTED = object()
+
+
+@types.coroutine
+def _drive(context: contextvars.Context, coro: Coroutine[Any, Any, Any], runner: "Runner | None" = None,
+           pending: Any = _NOT_STARTED) -> Any:
+    """Await `coro`, stepping it in `context` as a task of its own would, but inside the
+    awaiting task; `pending` is what a started `coro` waits on.
+
+    What is thrown at the awaiting task (a cancellation) goes on into `coro`. Once a
+    cancellation is outstanding (this run's, its caller's, or one of the agent's own
+    cancel scopes'), `coro` is awaited through a stand-in future: if the cancellation
+    is still outstanding when `runner` abandons the run, the stand-in wakes the
+    caller and `coro` goes on in a task of its own (`_detached`), undisturbed."""
+    step = context.run
+    try:
+        if pending is _NOT_STARTED:
+            pending = step(coro.send, None)
+        while True:
+            waited = pending
+            if runner is not None:
+                if runner._grace_timer is None and runner._caller_cancelled():
+                    runner._suspect_ignored_cancel()
+                if runner._grace_timer is not None and hasattr(pending, "add_done_callback"):
+                    waited = _stand_in(pending)
+            try:
+                sent = yield waited
+            except BaseException as exc:
+                if runner is not None and runner._abandoned:
+                    runner._detach(context, coro, pending)
+                    raise
+                if waited is not pending and isinstance(exc, asyncio.CancelledError):
+                    pending.cancel()  # as a task's cancel() cancels what it waits on
+                pending = step(coro.throw, exc)
+            else:
+                pending = step(coro.send, sent)
+    except StopIteration as stop:
+        return stop.value
+
+
+def _stand_in(future: asyncio.Future) -> asyncio.Future:
+    """A future done when `future` is, and cancellable without cancelling it."""
+    stand_in = future.get_loop().create_future()
+    future.add_done_callback(lambda _: stand_in.done() or stand_in.set_result(None))
+    future._asyncio_future_blocking = False
+    stand_in._asyncio_future_blocking = True
+    return stand_in
+
+
+async def _detached(context: contextvars.Context, coro: Coroutine[Any, Any, Any], pending: Any) -> None:
+    try:
+        await _drive(context, coro, pending=pending)
+    except (AgentRuntimeError, asyncio.CancelledError):
+        pass  # the run has ended; how its abandoned agent ends at last is moot
+
+
 class Runner:
     """Async context manager for one run: `async with session.run(input) as runner`."""
 
+    __slots__ = ("session", "manager", "agent", "input", "metadata", "run_id", "context", "status",
+                 "queue_wait", "duration", "input_tokens", "output_tokens", "_timeout", "_deadline",
+                 "_task", "_inline", "_running", "_done", "_released", "_buffer", "_timer",
+                 "_grace_timer", "_seq", "_started", "_cancel_status", "_cancel_reason", "_cancels", "_cancelling", "_outcome",
+                 "_ended", "_abandoned", "_admitted")
+
     def __init__(self, session: "Session", agent: AgentSpec, input: Any, *,
                  metadata: Mapping[str, str] | None = None, timeout: float | None = None) -> None:
+        manager = self.manager = session.manager
         self.session = session
-        self.manager = session.manager
         self.agent = agent
         self.input = input
         self.metadata = metadata or {}
@@ -55,10 +125,14 @@ class Runner:
         self.duration = 0.0
         self.input_tokens = 0
         self.output_tokens = 0
-        bounds = [t for t in (timeout, agent.timeout, self.manager.default_timeout) if t]
-        self._timeout = min(bounds) if bounds else None
+        for bound in (agent.timeout, manager.default_timeout):
+            if bound and (not timeout or bound < timeout):
+                timeout = bound
+        self._timeout = timeout or None
         self._deadline: float | None = None
-        self._task: asyncio.Task | None = None
+        self._task: asyncio.Task | None = None  # the task the agent executes in:
+        self._inline = False  # the caller's own (result()) or the run's (events())
+        self._running = False
         self._done: asyncio.Future | None = None
         self._released: asyncio.Future | None = None
         self._buffer: EventBuffer | None = None
@@ -68,32 +142,38 @@ class Runner:
         self._started = 0.0
         self._cancel_status: RunStatus | None = None
         self._cancel_reason: type[AgentRuntimeError] = RunCancelled
+        self._cancels = 0  # cancels this run asked of its caller's task, undone when it ends
+        self._cancelling = 0  # the caller's task's outstanding cancels when the run began
+        self._outcome: tuple[bool, Any] = (False, None)  # of an inline run, for a second result()
         self._ended = False
         self._abandoned = False
         self._admitted = False
 
     # -- admission ---------------------------------------------------------
     async def __aenter__(self) -> "Runner":
-        self.queue_wait = await self.manager.admission.acquire(self.session.user_id, self.agent.name)
+        admission = self.manager.admission
+        user_id, name = self.session.user_id, self.agent.name
+        if not admission.take(user_id, name):
+            self.queue_wait = await admission.queue(user_id, name)
         self._admitted = True
         self._started = time.perf_counter()
         self.manager._runs[self.run_id] = self
         return self
 
     async def __aexit__(self, *exc_info: Any) -> None:
-        task = self._task
-        if task is None:
+        if not self._running:
             self._release()
             return
         self._cancel(RunStatus.CANCELLED)
         if self._admitted:
-            # Bounded: the task ends or is abandoned `cancel_grace` after the cancel.
+            # Bounded: the agent ends or is abandoned `cancel_grace` after the cancel.
             # If this wait is cancelled, the slot is still freed then, not now.
             self._released = asyncio.get_running_loop().create_future()
             await self._released
 
     def _release(self) -> None:
-        """Give the slot back, once; called when the run's task is done or abandoned."""
+        """Give the slot back, once; called when the agent is done or abandoned."""
+        self._running = False
         if self._admitted:
             self._admitted = False
             del self.manager._runs[self.run_id]
@@ -114,20 +194,58 @@ class Runner:
     # -- the caller's side -------------------------------------------------
     async def result(self) -> Any:
         """Run the agent and return its output (chunks joined for a streaming agent)."""
-        if self._task is None:
-            self._start(streaming=False)
+        if self._task is not None:
+            if self._inline:  # awaited again: the same outcome
+                if self._running:
+                    raise RuntimeError("this run's result is already being awaited")
+                ok, value = self._outcome
+                if ok:
+                    return value
+                raise value
+            try:  # started by events(): its outcome
+                return await self._done
+            except asyncio.CancelledError:
+                self._cancel_for_caller()
+                raise
+        if not self._admitted:
+            raise RuntimeError("use `async with session.run(...) as runner` before result()")
+        task = asyncio.current_task()
+        if task is None:
+            raise RuntimeError("Runner.result() must be awaited in a task")
+        self._task, self._inline = task, True
+        cancelling = self._cancelling = task.cancelling()
+        context = self._begin(streaming=False)
         try:
-            return await self._done
+            output = await _drive(context, self._execute(), self)
+            self._outcome = (True, output)
+            return output
         except asyncio.CancelledError:
-            self._cancel_for_caller()
+            # Cancels this run asked for (timeout, CancelRun, drain) end as its error; a
+            # cancellation of the caller itself goes on.
+            self._uncancel()
+            if task.cancelling() > cancelling or self._cancel_status is None:
+                raise
+            error = self._cancel_error()
+            self._outcome = (False, error)
+            raise error from None
+        except BaseException as exc:
+            self._outcome = (False, exc)
             raise
+        finally:
+            self._uncancel()
+            if not self._abandoned:
+                self._finish()
 
     async def events(self) -> AsyncIterator[RunEvent]:
         """Run the agent and yield every event of the run, `run.start` to `run.end`."""
         if self._task is not None:
             raise RuntimeError("this run has already started")
         buffer = self._buffer = EventBuffer()
-        self._start(streaming=True)
+        context = self._begin(streaming=True)
+        loop = asyncio.get_running_loop()
+        self._done = loop.create_future()
+        task = self._task = loop.create_task(self._execute(), context=context)
+        task.add_done_callback(self._on_task_done, context=context)
         try:
             while True:
                 event = await buffer.get()
@@ -159,31 +277,31 @@ class Runner:
         """Cancel this run (as `CancelRun` does); False when it is not running.
 
         `reason` is the error its caller gets: `Draining` when the server shuts down."""
-        if self._task is None or self._task.done():
+        if not self._running:
             return False
         self._cancel_reason = reason
         self._cancel(RunStatus.CANCELLED)
         return True
 
-    # -- the run's own task --------------------------------------------------
-    def _start(self, streaming: bool) -> None:
+    # -- the agent's execution ----------------------------------------------
+    def _begin(self, streaming: bool) -> contextvars.Context:
+        """Start the run's clock and events; returns the context the agent executes in."""
         if not self._admitted:
             raise RuntimeError("use `async with session.run(...) as runner` before result()")
-        loop = asyncio.get_running_loop()
         session = self.session
-        self.context = RunContext(self.run_id, self.agent.name, session.session_id,
-                                  session.user_id, self.metadata, streaming, self)
-        self._done = loop.create_future()
+        run = self.context = RunContext(self.run_id, self.agent.name, session.session_id,
+                                        session.user_id, self.metadata, streaming, self)
+        self._running = True
         # The run's own context: sinks see it on run.start and run.end, the agent runs in it.
         context = contextvars.copy_context()
-        context.run(_set, self.context)
+        context.run(_current.set, run)
         if self._wanted(EventType.RUN_START):
             context.run(self.emit, EventType.RUN_START, {"queue_wait": self.queue_wait})
-        task = self._task = loop.create_task(self._execute(), context=context)
-        task.add_done_callback(self._on_task_done, context=context)
         if self._timeout is not None:
+            loop = asyncio.get_running_loop()
             self._deadline = loop.time() + self._timeout
             self._timer = loop.call_at(self._deadline, self._cancel, RunStatus.TIMEOUT)
+        return context
 
     async def _execute(self) -> Any:
         status, output, error = RunStatus.ERROR, None, ""
@@ -283,10 +401,14 @@ class Runner:
         self._ended = True
 
     # -- cancellation ------------------------------------------------------
-    def _on_task_done(self, task: asyncio.Task) -> None:
+    def _finish(self) -> None:
+        """The agent is done: stop its timers and give the slot back."""
         for timer in (self._timer, self._grace_timer):
             if timer is not None:
                 timer.cancel()
+        self._release()
+
+    def _on_task_done(self, task: asyncio.Task) -> None:
         done = self._done
         if task.cancelled():
             # Also a task cancelled before its first step: its `finally` never ran.
@@ -301,37 +423,87 @@ class Runner:
                     done.set_result(task.result())
                 else:
                     done.set_exception(exc)
-        self._release()
+        if not self._abandoned:
+            self._finish()
 
-    def _cancel_for_caller(self) -> None:
-        """The caller went away: a deadline that has passed makes it a timeout."""
+    def _caller_gone_status(self) -> RunStatus:
+        """How a run ends whose caller went away: a deadline that has passed makes it a timeout."""
         deadline = self._deadline
         late = deadline is not None and asyncio.get_running_loop().time() >= deadline - 0.005
-        self._cancel(RunStatus.TIMEOUT if late else RunStatus.CANCELLED)
+        return RunStatus.TIMEOUT if late else RunStatus.CANCELLED
 
-    def _cancel(self, status: RunStatus) -> None:
-        task = self._task
-        if task is None or task.done() or self._cancel_status is not None:
-            return
-        self._cancel_status = status
-        task.cancel()
+    def _cancel_for_caller(self) -> None:
+        """The caller of a streamed run went away."""
+        self._cancel(self._caller_gone_status())
+
+    def _caller_cancelled(self) -> bool:
+        """Whether an inline run's task has a cancellation outstanding that is not this
+        run's own: its caller's, or a cancel scope's of the agent itself."""
+        return self._task.cancelling() > self._cancelling + self._cancels
+
+    def _suspect_ignored_cancel(self) -> None:
+        """An inline run's agent waits with a cancellation outstanding that this run did
+        not ask for. The agent's own cancel scopes take theirs back soon; one still
+        outstanding `cancel_grace` seconds later is being ignored (`_abandon`)."""
         self._grace_timer = asyncio.get_running_loop().call_later(self.manager.cancel_grace, self._abandon)
 
-    def _abandon(self) -> None:
-        """Free a run whose agent ignores cancellation; its task is left to finish alone."""
-        task = self._task
-        if task is None or task.done() or self._abandoned:
+    def _cancel(self, status: RunStatus) -> None:
+        if not self._running or self._cancel_status is not None:
             return
+        self._cancel_status = status
+        loop = asyncio.get_running_loop()
+        if self._inline and self._caller_cancelled():
+            # The agent has a cancellation already (its caller's); a second one would cut
+            # short what it does about the first.
+            if self._grace_timer is None:
+                self._grace_timer = loop.call_later(self.manager.cancel_grace, self._abandon)
+            return
+        if self._inline:
+            self._cancels += 1
+        self._task.cancel()
+        if self._grace_timer is not None:
+            self._grace_timer.cancel()
+        self._grace_timer = loop.call_later(self.manager.cancel_grace, self._abandon)
+
+    def _uncancel(self) -> None:
+        """Take back the cancels this run asked of its caller's task."""
+        while self._cancels:
+            self._cancels -= 1
+            self._task.uncancel()
+
+    def _abandon(self) -> None:
+        """Free a run whose agent ignores cancellation; the agent is left to finish alone."""
+        if not self._running or self._abandoned:
+            return
+        if self._cancel_status is None:  # a cancellation this run did not ask for (`_drive`)
+            if not self._caller_cancelled():
+                self._grace_timer = None  # taken back: it was the agent's own
+                return
+            self._cancel_status = self._caller_gone_status()
         self._abandoned = True
         error = self._cancel_error()
         logger.error("run %s of agent %r ignored cancellation for %gs; abandoning it "
                      "and freeing its slot", self.run_id, self.agent.name, self.manager.cancel_grace)
         self._end(self._cancel_status or RunStatus.CANCELLED, None, error.message)
-        if not self._done.done():
-            self._done.set_exception(error)
-        self.manager._abandoned.add(task)
-        task.add_done_callback(self.manager._abandoned.discard)
-        self._release()
+        if self._inline:
+            self._cancels += 1
+            self._task.cancel()  # the caller wakes, and `_drive` hands the agent to `_detach`
+        else:
+            if not self._done.done():
+                self._done.set_exception(error)
+            self._track_abandoned(self._task)
+        self._finish()
+
+    def _detach(self, context: contextvars.Context, coro: Coroutine[Any, Any, Any], pending: Any) -> None:
+        """Go on with an abandoned inline run's agent, waiting on `pending`, in a task of its own."""
+        if hasattr(pending, "_asyncio_future_blocking"):
+            pending._asyncio_future_blocking = True  # as the agent's `await` left it
+        self._track_abandoned(asyncio.get_running_loop().create_task(_detached(context, coro, pending)))
+
+    def _track_abandoned(self, task: asyncio.Task) -> None:
+        abandoned = self.manager._abandoned
+        abandoned.add(task)
+        task.add_done_callback(abandoned.discard)
 
     def _cancel_error(self) -> AgentRuntimeError:
         if self._cancel_status is RunStatus.TIMEOUT:

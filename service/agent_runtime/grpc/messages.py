@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, NamedTuple
 
 from google.protobuf import duration_pb2
 from google.protobuf.message import DecodeError
@@ -51,20 +50,13 @@ def parser(message_type: type) -> Callable[[bytes], Any]:
     return deserialize
 
 
-@dataclass(frozen=True, slots=True)
-class RunRequest:
+class RunRequest(NamedTuple):
     agent: str
     session_id: str
     user_id: str
     input: Any
     metadata: Mapping[str, str]
     timeout: float | None
-
-
-def _checked_id(name: str, value: str) -> str:
-    if len(value) > MAX_ID_CHARS:
-        raise InvalidInput(f"{name} is longer than {MAX_ID_CHARS} characters")
-    return value
 
 
 def checked_metadata(metadata: Mapping[str, str]) -> dict[str, str]:
@@ -82,21 +74,22 @@ def checked_metadata(metadata: Mapping[str, str]) -> dict[str, str]:
 
 def run_request(request: Any) -> RunRequest:
     """Validate an InvokeRequest (or a MalformedRequest) into a RunRequest."""
-    if isinstance(request, MalformedRequest):
+    if type(request) is MalformedRequest:
         raise InvalidInput(f"request is not a valid InvokeRequest: {request.reason}")
+    agent, session_id, user_id = request.agent, request.session_id, request.user_id
+    if len(agent) > MAX_ID_CHARS or len(session_id) > MAX_ID_CHARS or len(user_id) > MAX_ID_CHARS:
+        name = next(n for n, v in (("agent", agent), ("session_id", session_id), ("user_id", user_id))
+                    if len(v) > MAX_ID_CHARS)
+        raise InvalidInput(f"{name} is longer than {MAX_ID_CHARS} characters")
     timeout = None
     if request.HasField("timeout"):
         duration = request.timeout
         timeout = duration.seconds + duration.nanos / 1e9
         if timeout <= 0 or abs(duration.nanos) >= 1_000_000_000:
             raise InvalidInput("timeout must be a positive duration")
-    return RunRequest(
-        agent=_checked_id("agent", request.agent),
-        session_id=_checked_id("session_id", request.session_id),
-        user_id=_checked_id("user_id", request.user_id),
-        input=to_python(request.input),
-        metadata=checked_metadata(request.metadata),
-        timeout=timeout)
+    metadata = request.metadata
+    return RunRequest(agent, session_id, user_id, to_python(request.input),
+                      checked_metadata(metadata) if metadata else {}, timeout)
 
 
 def output_payload(output: Any, run_id: str) -> pb.Payload:
@@ -116,15 +109,17 @@ def set_output(target: pb.Payload, output: Any, run_id: str) -> None:
 
 
 def invoke_response(runner: Runner, output: Any) -> pb.InvokeResponse:
-    """The reply to Invoke: the run's ids, output and usage, built in place."""
+    """The reply to Invoke: the run's ids, output and usage (when any), built in place."""
     run_id = runner.run_id
-    response = pb.InvokeResponse(run_id=run_id, agent=runner.agent.name,
-                                 session_id=runner.session.session_id,
-                                 trace_id=runner.context.scratch.get("trace_id", ""))
+    response = pb.InvokeResponse(run_id=run_id, agent=runner.agent.name, session_id=runner.session.session_id)
+    trace_id = runner.context.scratch.get("trace_id")
+    if trace_id:
+        response.trace_id = trace_id
     set_output(response.output, output, run_id)
-    usage = response.usage
-    usage.input_tokens = runner.input_tokens
-    usage.output_tokens = runner.output_tokens
+    if runner.input_tokens or runner.output_tokens:
+        usage = response.usage
+        usage.input_tokens = runner.input_tokens
+        usage.output_tokens = runner.output_tokens
     return response
 
 
