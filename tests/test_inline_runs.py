@@ -19,6 +19,19 @@ from test_run_containment import Recorder
 marker: contextvars.ContextVar[str] = contextvars.ContextVar("marker", default="caller")
 
 
+async def cancel_caller_once_started(manager: SessionManager, started: asyncio.Event) -> None:
+    """Await a run in a caller task of its own, cancel that caller once the agent has
+    started, and wait for the caller to end."""
+    async def call():
+        async with manager.session() as session, session.run("x") as runner:
+            return await runner.result()
+
+    caller = asyncio.ensure_future(call())
+    await started.wait()
+    caller.cancel()
+    await caller
+
+
 async def test_agent_has_its_own_context_and_one_current_task():
     seen = []
 
@@ -77,15 +90,8 @@ async def test_a_cancelled_caller_gets_its_cancellation_and_the_agent_is_cancell
     recorder = Recorder()
     manager = SessionManager(agent, sinks=[recorder])
 
-    async def call():
-        async with manager.session() as session, session.run("x") as runner:
-            return await runner.result()
-
-    caller = asyncio.ensure_future(call())
-    await started.wait()
-    caller.cancel()
     with pytest.raises(asyncio.CancelledError):
-        await caller
+        await cancel_caller_once_started(manager, started)
     assert stopped.is_set() and manager.admission.in_use == 0
     assert [e.data["status"] for e in recorder.of(EventType.RUN_END)] == [RunStatus.CANCELLED]
 
@@ -107,15 +113,8 @@ async def test_agent_ignoring_its_callers_cancellation_is_abandoned(caplog):
     manager = SessionManager(agent, max_concurrency=1, cancel_grace=0.1, sinks=[recorder])
     caplog.set_level(logging.ERROR, "agent_runtime.run")
 
-    async def call():
-        async with manager.session() as session, session.run("x") as runner:
-            return await runner.result()
-
-    caller = asyncio.ensure_future(call())
-    await started.wait()
-    caller.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await asyncio.wait_for(caller, 5)  # freed at the grace, not when the agent ends
+    with pytest.raises(asyncio.CancelledError):  # freed at the grace, not when the agent ends
+        await asyncio.wait_for(cancel_caller_once_started(manager, started), 5)
     assert cancels == [1]  # the wake-up of the caller did not disturb the agent again
     assert manager.admission.in_use == 0 and manager.abandoned == 1
     assert "ignored cancellation" in caplog.text
