@@ -56,9 +56,9 @@ async def test_text_log_line_per_run_end(server_process):
 
 async def test_log_line_carries_the_runs_trace_id(serve, channel_to, caplog):
     provider = TracerProvider()
+    caplog.set_level(logging.INFO, logger="agent_runtime.runs")  # before the server is built, as --log-level is
     server = await serve(Scripted(), tracer_provider=provider)
-    with caplog.at_level(logging.INFO, logger="agent_runtime.runs"):
-        reply = await stub(channel_to(server.address)).Invoke(request())
+    reply = await stub(channel_to(server.address)).Invoke(request())
     (record,) = [r for r in caplog.records if r.name == "agent_runtime.runs"]
     assert record.fields["trace_id"] == reply.trace_id != ""
     assert record.fields["run_id"] == reply.run_id

@@ -57,23 +57,34 @@ class EventSink(Protocol):
     It must be quick and must not raise (an exception is logged and dropped).
     Because it runs in the run's task, it sees the run's contextvars. A sink that
     wants only some event types says so in an `event_types` attribute (a set of
-    EventType); events that no sink wants and nobody streams are never built.
+    EventType), and one that wants the run.end of runs with some statuses only, in
+    a `run_end_statuses` attribute (a set of RunStatus); events that no sink wants and
+    nobody streams are never built.
     """
 
     def on_event(self, event: RunEvent) -> None: ...
 
 
-def routes(sinks: "Iterable[EventSink]") -> dict[EventType, tuple[EventSink, ...]]:
-    """The sinks that want each event type, in registration order."""
+Routes = dict[Any, tuple[EventSink, ...]]
+
+
+def routes(sinks: "Iterable[EventSink]") -> Routes:
+    """The sinks that want each event type, in registration order; run.end by the run's
+    status (keyed by RunStatus)."""
     sinks = tuple(sinks)
-    return {kind: tuple(s for s in sinks if kind in getattr(s, "event_types", EventType)) for kind in EventType}
+    table: Routes = {kind: tuple(s for s in sinks if kind in getattr(s, "event_types", EventType))
+                     for kind in EventType}
+    for status in RunStatus:
+        table[status] = tuple(s for s in table[EventType.RUN_END] if status in getattr(s, "run_end_statuses", RunStatus))
+    return table
 
 
 class EventBuffer:
     """The caller's per-run stream: an unbounded FIFO with one waiting reader.
 
-    Producers never block (`put` is synchronous); producers that can wait (the
-    runner draining a streaming agent) call `wait_below` to get backpressure.
+    It is the run's own event sink: producers never block (`on_event` is
+    synchronous); producers that can wait (the runner draining a streaming agent)
+    call `wait_below` to get backpressure.
     """
 
     __slots__ = ("_items", "_reader", "_space", "high_water")
@@ -84,7 +95,7 @@ class EventBuffer:
         self._space: asyncio.Future | None = None
         self.high_water = high_water
 
-    def put(self, event: RunEvent) -> None:
+    def on_event(self, event: RunEvent) -> None:
         self._items.append(event)
         reader = self._reader
         if reader is not None and not reader.done():

@@ -20,9 +20,17 @@ TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 class RunLogSink:
-    """Logs one line per run end: INFO when it succeeded, WARNING otherwise."""
+    """Logs one line per run end: INFO when it succeeded, WARNING otherwise. Which of
+    these the logger lets through is read when the sink is made (as the server is
+    built, after `--log-level` took effect)."""
 
     event_types = frozenset({EventType.RUN_END})
+
+    def __init__(self) -> None:
+        # Decided once, when the server is built (after logging is configured): below
+        # INFO, the run.end of a run that succeeded is not even built.
+        self.run_end_statuses = frozenset(status for status in RunStatus
+                                  if logger.isEnabledFor(logging.INFO if status is RunStatus.OK else logging.WARNING))
 
     def on_event(self, event: RunEvent) -> None:
         if event.type is not EventType.RUN_END:

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any, AsyncIterator, Coroutine, Mapping
 from .agent import AgentSpec, CallKind
 from .context import RunContext, _current, new_id
 from .errors import AgentError, AgentRuntimeError, Draining, RunCancelled, RunTimeout
-from .events import EventBuffer, EventType, RunEvent, RunStatus
+from .events import EventBuffer, EventSink, EventType, RunEvent, RunStatus
 
 if TYPE_CHECKING:
     from .session import Session
@@ -107,7 +107,7 @@ class Runner:
 
     __slots__ = ("session", "manager", "agent", "input", "metadata", "run_id", "context", "status",
                  "queue_wait", "duration", "input_tokens", "output_tokens", "_timeout", "_deadline",
-                 "_task", "_inline", "_running", "_done", "_released", "_buffer", "_timer",
+                 "_task", "_inline", "_running", "_done", "_released", "_buffer", "_listeners", "_timer",
                  "_grace_timer", "_seq", "_started", "_cancel_status", "_cancel_reason", "_cancels", "_cancelling", "_outcome",
                  "_ended", "_abandoned", "_admitted")
 
@@ -135,7 +135,8 @@ class Runner:
         self._running = False
         self._done: asyncio.Future | None = None
         self._released: asyncio.Future | None = None
-        self._buffer: EventBuffer | None = None
+        self._buffer: EventBuffer | None = None  # the caller's stream, one of the listeners
+        self._listeners: tuple[EventSink, ...] = ()
         self._timer: asyncio.TimerHandle | None = None
         self._grace_timer: asyncio.TimerHandle | None = None
         self._seq = 0
@@ -172,8 +173,14 @@ class Runner:
             await self._released
 
     def _release(self) -> None:
-        """Give the slot back, once; called when the agent is done or abandoned."""
+        """Give the slot back, once; called when the agent is done or abandoned.
+
+        The run's context lets go of the runner here: left in place, that cycle kept
+        every run's objects (the caller's task and reply among them) alive until the
+        garbage collector's next pass."""
         self._running = False
+        if self.context is not None:
+            self.context.runner = None
         if self._admitted:
             self._admitted = False
             del self.manager._runs[self.run_id]
@@ -241,6 +248,7 @@ class Runner:
         if self._task is not None:
             raise RuntimeError("this run has already started")
         buffer = self._buffer = EventBuffer()
+        self.listen(buffer)
         context = self._begin(streaming=True)
         loop = asyncio.get_running_loop()
         self._done = loop.create_future()
@@ -348,9 +356,14 @@ class Runner:
         return chunks
 
     def emit(self, type: EventType, data: Mapping[str, Any]) -> None:
-        """Record one event of this run and hand it to the sinks and the caller's stream.
+        """Record one event of this run and hand it to the sinks and the run's listeners
+        (the caller's stream among them).
 
         Events of an abandoned agent, after its run has ended, are dropped."""
+        self._emit(type, type, data)
+
+    def _emit(self, route: Any, type: EventType, data: Mapping[str, Any]) -> None:
+        """`emit`, to the sinks routed under `route` (the run's status for run.end)."""
         if self._ended:
             return
         seq = self._seq
@@ -358,17 +371,21 @@ class Runner:
         if type is EventType.LLM_END:
             self.input_tokens += data.get("input_tokens") or 0
             self.output_tokens += data.get("output_tokens") or 0
-        sinks, buffer = self.manager.routes[type], self._buffer
-        if not sinks and buffer is None:
+        sinks, listeners = self.manager.routes[route], self._listeners
+        if not sinks and not listeners:
             return
         event = RunEvent(self.context, seq, type, time.time(), data)
-        for sink in sinks:
+        for sink in (*sinks, *listeners) if listeners else sinks:
             try:
                 sink.on_event(event)
             except Exception:
                 logger.exception("event sink %r failed on %s", sink, type.value)
-        if buffer is not None:
-            buffer.put(event)
+
+    def listen(self, sink: EventSink) -> None:
+        """Hand this run's events, and no other run's, to `sink` too (from before the run starts)."""
+        if self._task is not None:
+            raise RuntimeError("listen() before the run starts")
+        self._listeners = (*self._listeners, sink)
 
     def emit_chunk(self, chunk: Any) -> None:
         self.emit(EventType.CHUNK, {"chunk": chunk})
@@ -384,17 +401,17 @@ class Runner:
     def emit_custom(self, name: str, data: Any = None) -> None:
         self.emit(EventType.CUSTOM, {"name": name, "data": data})
 
-    def _wanted(self, type: EventType) -> bool:
-        """Whether a sink or the caller's stream wants events of `type` (else none is built)."""
-        return bool(self.manager.routes[type]) or self._buffer is not None
+    def _wanted(self, route: Any) -> bool:
+        """Whether a sink or a listener of this run wants events of `route` (else none is built)."""
+        return bool(self.manager.routes[route]) or bool(self._listeners)
 
     def _end(self, status: RunStatus, output: Any, error: str) -> None:
         if self._ended:
             return
         self.status = status
         self.duration = time.perf_counter() - self._started
-        if self._wanted(EventType.RUN_END):
-            self.emit(EventType.RUN_END, {
+        if self._wanted(status):
+            self._emit(status, EventType.RUN_END, {
                 "status": status, "output": output, "error": error, "duration": self.duration,
                 "queue_wait": self.queue_wait, "input_tokens": self.input_tokens,
                 "output_tokens": self.output_tokens})

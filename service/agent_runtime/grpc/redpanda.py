@@ -26,7 +26,7 @@ from ..runner import Runner
 from ..session import SessionManager
 from . import messages
 from .redpanda_messages import failed_message, message_input, message_metadata, output_message
-from .redpanda_trace import EventCollector, SpanCollector, recorder
+from .redpanda_trace import SpanCollector, recorder
 from .servicer import _timeout
 from .status import RUN_ID_KEY, abort, unexpected
 
@@ -47,8 +47,6 @@ class RedpandaRuntimeServicer:
         self.traced = hasattr(tracer_provider, "add_span_processor")
         if self.traced:
             tracer_provider.add_span_processor(SpanCollector())
-        else:
-            manager.add_sink(EventCollector())
 
     async def InvokeAgent(self, request: Any, context: grpc.aio.ServicerContext) -> pb.InvokeAgentResponse:
         """The current protocol: a failed run comes back in `message.error`."""
@@ -71,6 +69,8 @@ class RedpandaRuntimeServicer:
                 async with self.manager.session() as session:
                     async with session.run(input, agent=self.agent, metadata=metadata,
                                            timeout=_timeout(None, context)) as runner:
+                        if spans is not None:
+                            spans.record(runner)
                         context.set_trailing_metadata((*(context.trailing_metadata() or ()),
                                                        (RUN_ID_KEY, runner.run_id)))
                         try:

@@ -10,10 +10,11 @@ and `execute_tool {tool}` children, after the OpenTelemetry GenAI conventions):
 - `EventSpans`, when it does not: spans built from the run's own events, so no
   tracer is needed on this side.
 
-A recorder is current (a context variable, which the run inherits) around the
-run it records; `SpanCollector` (a span processor on the server's tracer
-provider) and `EventCollector` (an event sink) hand it what the run makes. For
-other runs that costs one context variable read per span or event.
+`CollectedSpans` is current (a context variable, which the run inherits) around
+the run it records, and `SpanCollector` (a span processor on the server's tracer
+provider) hands it the spans the run makes: for other runs that costs one context
+variable read per span. `EventSpans` listens to its run's events only
+(`Runner.listen`), so other runs pay nothing for it.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
 from .._proto.redpanda.runtime.v1alpha1 import agent_pb2 as pb
 from ..errors import InvalidInput
 from ..events import EventType, RunEvent, RunStatus
+from ..runner import Runner
 from .redpanda_messages import to_value
 
 _HEX = re.compile(r"[0-9a-fA-F]+")
@@ -161,23 +163,13 @@ class EventSpans:
         return pb.Trace(spans=[self.root.message(self._last_time)])
 
 
-    @contextlib.contextmanager
-    def scope(self) -> Iterator[None]:
-        """Around the run: its events come here."""
-        recording = _recording.set(self)
-        try:
-            yield
-        finally:
-            _recording.reset(recording)
+    def scope(self) -> contextlib.nullcontext:
+        """Around the run: nothing to do, its events come through `record`."""
+        return contextlib.nullcontext()
 
-
-class EventCollector:
-    """An event sink that gives each event to the EventSpans recording its run."""
-
-    def on_event(self, event: RunEvent) -> None:
-        recording = _recording.get()
-        if recording is not None:
-            recording.on_event(event)
+    def record(self, runner: Runner) -> None:
+        """Listen to the run's events (a listener of this run only)."""
+        runner.listen(self)
 
 
 _HANDLERS = {
@@ -214,6 +206,9 @@ class CollectedSpans:
         finally:
             otel_context.detach(attached)
             _recording.reset(recording)
+
+    def record(self, runner: Runner) -> None:
+        """Nothing to do: the run's spans come through `SpanCollector` while in `scope`."""
 
     def trace(self) -> pb.Trace:
         ids = {span.context.span_id for span in self.spans}
