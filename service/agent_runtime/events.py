@@ -101,15 +101,23 @@ class EventBuffer:
         if reader is not None and not reader.done():
             reader.set_result(None)
 
-    async def get(self) -> RunEvent:
+    def pop(self) -> RunEvent | None:
+        """The oldest event, or None when there is none yet (then `await wait()`): events
+        already there cost the reader no coroutine."""
+        items = self._items
+        if not items:
+            return None
+        event = items.popleft()
+        space = self._space
+        if space is not None and len(items) < self.high_water and not space.done():
+            space.set_result(None)
+        return event
+
+    async def wait(self) -> None:
+        """Wait until there is an event to `pop`."""
         while not self._items:
             self._reader = asyncio.get_running_loop().create_future()
             await self._reader
-        event = self._items.popleft()
-        space = self._space
-        if space is not None and len(self._items) < self.high_water and not space.done():
-            space.set_result(None)
-        return event
 
     async def wait_below(self) -> None:
         """Wait until the reader has caught up below the high-water mark."""

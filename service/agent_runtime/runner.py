@@ -256,7 +256,10 @@ class Runner:
         task.add_done_callback(self._on_task_done, context=context)
         try:
             while True:
-                event = await buffer.get()
+                event = buffer.pop()
+                if event is None:
+                    await buffer.wait()
+                    continue
                 yield event
                 if event.type is EventType.RUN_END:
                     return
@@ -346,7 +349,7 @@ class Runner:
         try:
             async for chunk in stream:
                 chunks.append(chunk)
-                self.emit(EventType.CHUNK, {"chunk": chunk})
+                self._emit(EventType.CHUNK, EventType.CHUNK, {"chunk": chunk})
                 if buffer is not None:
                     await buffer.wait_below()
         finally:
@@ -375,11 +378,12 @@ class Runner:
         if not sinks and not listeners:
             return
         event = RunEvent(self.context, seq, type, time.time(), data)
-        for sink in (*sinks, *listeners) if listeners else sinks:
-            try:
-                sink.on_event(event)
-            except Exception:
-                logger.exception("event sink %r failed on %s", sink, type.value)
+        for group in (sinks, listeners):
+            for sink in group:
+                try:
+                    sink.on_event(event)
+                except Exception:
+                    logger.exception("event sink %r failed on %s", sink, type.value)
 
     def listen(self, sink: EventSink) -> None:
         """Hand this run's events, and no other run's, to `sink` too (from before the run starts)."""
@@ -388,13 +392,13 @@ class Runner:
         self._listeners = (*self._listeners, sink)
 
     def emit_chunk(self, chunk: Any) -> None:
-        self.emit(EventType.CHUNK, {"chunk": chunk})
+        self._emit(EventType.CHUNK, EventType.CHUNK, {"chunk": chunk})
 
     async def stream_chunk(self, chunk: Any) -> None:
         """`emit_chunk`, then wait while the caller's stream lags behind (backpressure,
         as streaming agents get it), so a slow reader slows the producer instead of
         growing the buffer."""
-        self.emit(EventType.CHUNK, {"chunk": chunk})
+        self._emit(EventType.CHUNK, EventType.CHUNK, {"chunk": chunk})
         if self._buffer is not None:
             await self._buffer.wait_below()
 

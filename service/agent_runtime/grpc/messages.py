@@ -206,13 +206,17 @@ _FILL = {
 
 
 def event_message(event: RunEvent) -> pb.InvokeEvent:
-    msg = pb.InvokeEvent(run_id=event.run.run_id, seq=event.seq)
+    run, kind, data = event.run, event.type, event.data
+    msg = pb.InvokeEvent(run_id=run.run_id, seq=event.seq)
     when = event.time
     seconds = int(when)
     stamp = msg.time  # filled in place: half the cost of building a Timestamp and copying it
     stamp.seconds = seconds
     stamp.nanos = int((when - seconds) * 1e9)
-    _FILL[event.type](event, msg)
+    if kind is EventType.CHUNK and type(data["chunk"]) is str:
+        msg.chunk.text = data["chunk"]  # most events of a stream: no dispatch
+    else:
+        _FILL[kind](event, msg)
     return msg
 
 
