@@ -63,6 +63,12 @@ class Admission:
             running = self.running
             running[label] = running.get(label, 0) + 1
             return True
+        if len(self._waiters) >= self.max_queue:  # refused here: no coroutine for a refusal
+            self._forget_user(user_id)
+            self._refused(label)
+            raise Overloaded(f"over capacity: {self.in_use} runs in progress and "
+                             f"{len(self._waiters)} queued (max_queue {self.max_queue})",
+                             retry_after=self._retry_after())
         return False
 
     async def queue(self, user_id: str = "", label: str = "") -> float:
@@ -81,10 +87,6 @@ class Admission:
         self.rejected[label] = self.rejected.get(label, 0) + 1
 
     async def _wait(self, label: str) -> float:
-        if len(self._waiters) >= self.max_queue:
-            raise Overloaded(f"over capacity: {self.in_use} runs in progress and "
-                             f"{len(self._waiters)} queued (max_queue {self.max_queue})",
-                             retry_after=self._retry_after())
         slot = asyncio.get_running_loop().create_future()
         self._waiters.append(slot)
         self.queued[label] = self.queued.get(label, 0) + 1
@@ -123,10 +125,14 @@ class Admission:
 
     def release(self, user_id: str = "", label: str = "", held_for: float = 0.0) -> None:
         """Give back a slot taken by `acquire`; `held_for` feeds the retry hint."""
-        self._forget_user(user_id)
+        if user_id and self.per_user_limit:
+            self._forget_user(user_id)
         self.running[label] -= 1
         self._hold_ewma += 0.05 * (held_for - self._hold_ewma)
-        self._release_slot()
+        if self._waiters:
+            self._release_slot()
+        else:
+            self.in_use -= 1
 
     def _release_slot(self) -> None:
         waiters = self._waiters

@@ -163,7 +163,8 @@ class Runner:
 
     async def __aexit__(self, *exc_info: Any) -> None:
         if not self._running:
-            self._release()
+            if self._admitted:  # never started
+                self._release()
             return
         self._cancel(RunStatus.CANCELLED)
         if self._admitted:
@@ -239,7 +240,8 @@ class Runner:
             self._outcome = (False, exc)
             raise
         finally:
-            self._uncancel()
+            if self._cancels:
+                self._uncancel()
             if not self._abandoned:
                 self._finish()
 
@@ -306,7 +308,7 @@ class Runner:
         # The run's own context: sinks see it on run.start and run.end, the agent runs in it.
         context = contextvars.copy_context()
         context.run(_current.set, run)
-        if self._wanted(EventType.RUN_START):
+        if self.manager.routes[EventType.RUN_START] or self._listeners:
             context.run(self.emit, EventType.RUN_START, {"queue_wait": self.queue_wait})
         if self._timeout is not None:
             loop = asyncio.get_running_loop()
@@ -405,16 +407,12 @@ class Runner:
     def emit_custom(self, name: str, data: Any = None) -> None:
         self.emit(EventType.CUSTOM, {"name": name, "data": data})
 
-    def _wanted(self, route: Any) -> bool:
-        """Whether a sink or a listener of this run wants events of `route` (else none is built)."""
-        return bool(self.manager.routes[route]) or bool(self._listeners)
-
     def _end(self, status: RunStatus, output: Any, error: str) -> None:
         if self._ended:
             return
         self.status = status
         self.duration = time.perf_counter() - self._started
-        if self._wanted(status):
+        if self.manager.routes[status] or self._listeners:  # else nobody wants it: not built
             self._emit(status, EventType.RUN_END, {
                 "status": status, "output": output, "error": error, "duration": self.duration,
                 "queue_wait": self.queue_wait, "input_tokens": self.input_tokens,
@@ -424,9 +422,10 @@ class Runner:
     # -- cancellation ------------------------------------------------------
     def _finish(self) -> None:
         """The agent is done: stop its timers and give the slot back."""
-        for timer in (self._timer, self._grace_timer):
-            if timer is not None:
-                timer.cancel()
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._grace_timer is not None:
+            self._grace_timer.cancel()
         self._release()
 
     def _on_task_done(self, task: asyncio.Task) -> None:
