@@ -63,10 +63,6 @@ def emit_chunk(chunk: Any) -> None:
         run.runner.emit_chunk(chunk)
 
 
-def _set(run: RunContext) -> contextvars.Token:
-    return _current.set(run)
-
-
 _ids: list[str] = []
 # A forked child must not hand out the ids its parent has in its pool.
 os.register_at_fork(after_in_child=_ids.clear)
