@@ -125,14 +125,10 @@ class Admission:
 
     def release(self, user_id: str = "", label: str = "", held_for: float = 0.0) -> None:
         """Give back a slot taken by `acquire`; `held_for` feeds the retry hint."""
-        if user_id and self.per_user_limit:
-            self._forget_user(user_id)
+        self._forget_user(user_id)
         self.running[label] -= 1
         self._hold_ewma += 0.05 * (held_for - self._hold_ewma)
-        if self._waiters:
-            self._release_slot()
-        else:
-            self.in_use -= 1
+        self._release_slot()
 
     def _release_slot(self) -> None:
         waiters = self._waiters

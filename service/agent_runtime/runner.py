@@ -68,7 +68,9 @@ def _drive(context: contextvars.Context, coro: Coroutine[Any, Any, Any], runner:
             waited = pending
             if runner is not None:
                 if runner._grace_timer is None and runner._caller_cancelled():
-                    runner._suspect_ignored_cancel()
+                    # Not this run's cancellation: the agent's own cancel scopes take theirs
+                    # back soon; one still outstanding at the grace is being ignored.
+                    runner._arm_grace()
                 if runner._grace_timer is not None and hasattr(pending, "add_done_callback"):
                     waited = _stand_in(pending)
             try:
@@ -240,8 +242,7 @@ class Runner:
             self._outcome = (False, exc)
             raise
         finally:
-            if self._cancels:
-                self._uncancel()
+            self._uncancel()
             if not self._abandoned:
                 self._finish()
 
@@ -308,7 +309,7 @@ class Runner:
         # The run's own context: sinks see it on run.start and run.end, the agent runs in it.
         context = contextvars.copy_context()
         context.run(_current.set, run)
-        if self.manager.routes[EventType.RUN_START] or self._listeners:
+        if self._wanted(EventType.RUN_START):
             context.run(self.emit, EventType.RUN_START, {"queue_wait": self.queue_wait})
         if self._timeout is not None:
             loop = asyncio.get_running_loop()
@@ -351,7 +352,7 @@ class Runner:
         try:
             async for chunk in stream:
                 chunks.append(chunk)
-                self._emit(EventType.CHUNK, EventType.CHUNK, {"chunk": chunk})
+                self.emit_chunk(chunk)
                 if buffer is not None:
                     await buffer.wait_below()
         finally:
@@ -400,19 +401,23 @@ class Runner:
         """`emit_chunk`, then wait while the caller's stream lags behind (backpressure,
         as streaming agents get it), so a slow reader slows the producer instead of
         growing the buffer."""
-        self._emit(EventType.CHUNK, EventType.CHUNK, {"chunk": chunk})
+        self.emit_chunk(chunk)
         if self._buffer is not None:
             await self._buffer.wait_below()
 
     def emit_custom(self, name: str, data: Any = None) -> None:
         self.emit(EventType.CUSTOM, {"name": name, "data": data})
 
+    def _wanted(self, route: Any) -> bool:
+        """Whether a sink or a listener of this run wants events of `route` (else none is built)."""
+        return bool(self.manager.routes[route]) or bool(self._listeners)
+
     def _end(self, status: RunStatus, output: Any, error: str) -> None:
         if self._ended:
             return
         self.status = status
         self.duration = time.perf_counter() - self._started
-        if self.manager.routes[status] or self._listeners:  # else nobody wants it: not built
+        if self._wanted(status):
             self._emit(status, EventType.RUN_END, {
                 "status": status, "output": output, "error": error, "duration": self.duration,
                 "queue_wait": self.queue_wait, "input_tokens": self.input_tokens,
@@ -461,29 +466,30 @@ class Runner:
         run's own: its caller's, or a cancel scope's of the agent itself."""
         return self._task.cancelling() > self._cancelling + self._cancels
 
-    def _suspect_ignored_cancel(self) -> None:
-        """An inline run's agent waits with a cancellation outstanding that this run did
-        not ask for. The agent's own cancel scopes take theirs back soon; one still
-        outstanding `cancel_grace` seconds later is being ignored (`_abandon`)."""
+    def _arm_grace(self) -> None:
+        """(Re)start the `cancel_grace` the agent gets before `_abandon`."""
+        if self._grace_timer is not None:
+            self._grace_timer.cancel()
         self._grace_timer = asyncio.get_running_loop().call_later(self.manager.cancel_grace, self._abandon)
+
+    def _cancel_task(self) -> None:
+        """Cancel the task the agent executes in; a caller's task, this run takes it back."""
+        if self._inline:
+            self._cancels += 1
+        self._task.cancel()
 
     def _cancel(self, status: RunStatus) -> None:
         if not self._running or self._cancel_status is not None:
             return
         self._cancel_status = status
-        loop = asyncio.get_running_loop()
         if self._inline and self._caller_cancelled():
             # The agent has a cancellation already (its caller's); a second one would cut
             # short what it does about the first.
             if self._grace_timer is None:
-                self._grace_timer = loop.call_later(self.manager.cancel_grace, self._abandon)
+                self._arm_grace()
             return
-        if self._inline:
-            self._cancels += 1
-        self._task.cancel()
-        if self._grace_timer is not None:
-            self._grace_timer.cancel()
-        self._grace_timer = loop.call_later(self.manager.cancel_grace, self._abandon)
+        self._cancel_task()
+        self._arm_grace()
 
     def _uncancel(self) -> None:
         """Take back the cancels this run asked of its caller's task."""
@@ -506,8 +512,7 @@ class Runner:
                      "and freeing its slot", self.run_id, self.agent.name, self.manager.cancel_grace)
         self._end(self._cancel_status or RunStatus.CANCELLED, None, error.message)
         if self._inline:
-            self._cancels += 1
-            self._task.cancel()  # the caller wakes, and `_drive` hands the agent to `_detach`
+            self._cancel_task()  # the caller wakes, and `_drive` hands the agent to `_detach`
         else:
             if not self._done.done():
                 self._done.set_exception(error)
