@@ -162,3 +162,62 @@ async def test_concurrent_result_of_one_run_is_refused():
             await runner.result()
         gate.set()
         assert await first == "x"
+
+
+async def test_invoke_admits_runs_and_frees_the_slot():
+    """`runner.invoke()` (how a unary call runs) is `async with runner: await runner.result()`."""
+    release = asyncio.Event()
+
+    async def agent(input):
+        await release.wait()
+        return input.upper()
+
+    manager = SessionManager(agent, max_concurrency=1, max_queue=1)
+    session = manager.session()
+    first, second = session.run("a"), session.run("b")
+    calls = [asyncio.ensure_future(first.invoke()), asyncio.ensure_future(second.invoke())]
+    await asyncio.sleep(0.01)
+    assert manager.admission.in_use == 1 and manager.admission.waiting == 1
+    release.set()
+    assert await asyncio.gather(*calls) == ["A", "B"]
+    assert second.queue_wait > 0
+    assert manager.admission.in_use == 0 and not manager.runs
+
+
+async def test_invoke_refused_holds_nothing():
+    from agent_runtime import Overloaded
+
+    hold = asyncio.Event()
+
+    async def agent(input):
+        await hold.wait()
+        return input
+
+    manager = SessionManager(agent, max_concurrency=1, max_queue=0)
+    session = manager.session()
+    holder = asyncio.ensure_future(session.run("a").invoke())
+    await asyncio.sleep(0.01)
+    refused = session.run("b")
+    with pytest.raises(Overloaded, match="over capacity"):
+        await refused.invoke()
+    assert manager.admission.in_use == 1 and list(manager.runs) != [refused.run_id]
+    hold.set()
+    assert await holder == "a"
+    assert manager.admission.in_use == 0 and manager.admission.rejected == {"agent": 1}
+
+
+async def test_a_run_is_admitted_once():
+    async def agent(input):
+        return input
+
+    manager = SessionManager(agent)
+    runner = manager.session().run("x")
+    assert await runner.invoke() == "x"
+    with pytest.raises(RuntimeError, match="admitted once"):
+        await runner.invoke()
+    entered = manager.session().run("y")
+    async with entered:
+        with pytest.raises(RuntimeError, match="admitted once"):
+            await entered.__aenter__()
+        assert await entered.result() == "y"
+    assert manager.admission.in_use == 0 and not manager.runs

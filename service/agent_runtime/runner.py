@@ -127,9 +127,8 @@ class Runner:
         self.duration = 0.0
         self.input_tokens = 0
         self.output_tokens = 0
-        for bound in (agent.timeout, manager.default_timeout):
-            if bound and (not timeout or bound < timeout):
-                timeout = bound
+        if agent.timeout or manager.default_timeout:  # the least of the limits set
+            timeout = min(bound for bound in (timeout, agent.timeout, manager.default_timeout) if bound)
         self._timeout = timeout or None
         self._deadline: float | None = None
         self._task: asyncio.Task | None = None  # the task the agent executes in:
@@ -154,13 +153,8 @@ class Runner:
 
     # -- admission ---------------------------------------------------------
     async def __aenter__(self) -> "Runner":
-        admission = self.manager.admission
-        user_id, name = self.session.user_id, self.agent.name
-        if not admission.take(user_id, name):
-            self.queue_wait = await admission.queue(user_id, name)
-        self._admitted = True
-        self._started = time.perf_counter()
-        self.manager._runs[self.run_id] = self
+        if not self._take_slot():
+            await self._queue_for_slot()
         return self
 
     async def __aexit__(self, *exc_info: Any) -> None:
@@ -175,13 +169,49 @@ class Runner:
             self._released = asyncio.get_running_loop().create_future()
             await self._released
 
+    async def invoke(self) -> Any:
+        """`async with runner: return await runner.result()` in one coroutine, as a unary
+        call runs: the same admission, run and release without the two coroutines of
+        `async with`. (Once `result()` has begun, it frees the slot itself.)"""
+        if not self._take_slot():
+            await self._queue_for_slot()
+        try:
+            return await self.result()
+        finally:
+            if self._task is None:  # never started
+                self._release()
+
+    def _take_slot(self) -> bool:
+        """Hold a free slot at once (True), or say the run must queue for one (False);
+        a refusal raises (`Overloaded`, `Draining`)."""
+        if self._admitted or self._task is not None:
+            raise RuntimeError("a run is admitted once; start another with session.run()")
+        if not self.manager.admission.take(self.session.user_id, self.agent.name):
+            return False
+        self._hold()
+        return True
+
+    async def _queue_for_slot(self) -> None:
+        self.queue_wait = await self.manager.admission.queue(self.session.user_id, self.agent.name)
+        self._hold()
+
+    def _hold(self) -> None:
+        self._admitted = True
+        self._started = time.perf_counter()
+        self.manager._runs[self.run_id] = self
+
     def _release(self) -> None:
-        """Give the slot back, once; called when the agent is done or abandoned.
+        """Stop the run's timers and give the slot back, once; called when the agent is
+        done or abandoned (or never started).
 
         The run's context lets go of the runner here: left in place, that cycle kept
         every run's objects (the caller's task and reply among them) alive until the
         garbage collector's next pass."""
         self._running = False
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._grace_timer is not None:
+            self._grace_timer.cancel()
         if self.context is not None:
             self.context.runner = None
         if self._admitted:
@@ -242,9 +272,10 @@ class Runner:
             self._outcome = (False, exc)
             raise
         finally:
-            self._uncancel()
+            if self._cancels:
+                self._uncancel()
             if not self._abandoned:
-                self._finish()
+                self._release()
 
     async def events(self) -> AsyncIterator[RunEvent]:
         """Run the agent and yield every event of the run, `run.start` to `run.end`."""
@@ -425,14 +456,6 @@ class Runner:
         self._ended = True
 
     # -- cancellation ------------------------------------------------------
-    def _finish(self) -> None:
-        """The agent is done: stop its timers and give the slot back."""
-        if self._timer is not None:
-            self._timer.cancel()
-        if self._grace_timer is not None:
-            self._grace_timer.cancel()
-        self._release()
-
     def _on_task_done(self, task: asyncio.Task) -> None:
         done = self._done
         if task.cancelled():
@@ -449,7 +472,7 @@ class Runner:
                 else:
                     done.set_exception(exc)
         if not self._abandoned:
-            self._finish()
+            self._release()
 
     def _caller_gone_status(self) -> RunStatus:
         """How a run ends whose caller went away: a deadline that has passed makes it a timeout."""
@@ -517,7 +540,7 @@ class Runner:
             if not self._done.done():
                 self._done.set_exception(error)
             self._track_abandoned(self._task)
-        self._finish()
+        self._release()
 
     def _detach(self, context: contextvars.Context, coro: Coroutine[Any, Any, Any], pending: Any) -> None:
         """Go on with an abandoned inline run's agent, waiting on `pending`, in a task of its own."""

@@ -52,8 +52,8 @@ class AgentRuntimeServicer:
     async def Invoke(self, request: Any, context: grpc.aio.ServicerContext) -> pb.InvokeResponse:
         runner = None
         try:
-            async with self._run(request, context) as runner:
-                output = await runner.result()
+            runner = self._run(request, context)
+            output = await runner.invoke()
             return messages.invoke_response(runner, output)
         except AgentRuntimeError as exc:
             await abort(context, exc)
