@@ -106,7 +106,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = "python -m bench " + shlex.join(argv if argv is not None else sys.argv[1:])
     out.write_text(markdown(sections, command=command.strip(), commands=bench.commands, header=header,
                             chart=picture.name))
-    failed = [t.name for s in sections for t in s.targets if not t.passed]
-    log(f"wrote {out} and {picture}; {len(failed)} of {sum(len(s.targets) for s in sections)} targets failed"
+    targets = [t for s in sections for t in s.targets]
+    failed, noisy = sum(not t.passed for t in targets), sum(t.noisy for t in targets)
+    log(f"wrote {out} and {picture}; {failed} of {len(targets)} targets failed"
+        + (f", {noisy} passed only within the spread across rounds" if noisy else "")
         + (f"; {failures} sections did not complete" if failures else ""))
     return 1 if failures else 0
