@@ -52,8 +52,8 @@ class Target:
 
     @property
     def noisy(self) -> bool:
-        """A pass whose spread across rounds reaches past the limit: the median meets the
-        target, but some rounds did not, so it says little."""
+        """A pass by less than the rounds vary (the spread reaches past the limit): the
+        median meets the target, but says little."""
         if not self.passed or not self.spread:
             return False
         edge = self.measured * (1 - self.spread if self.at_least else 1 + self.spread)
@@ -66,7 +66,8 @@ class Target:
         measured = f"{self.measured * scale:{fmt}} {self.unit}"
         if self.spread:
             measured += f" (+-{self.spread * 100:.0f}%)"
-        return measured, f"{op} {self.limit * scale:g} {self.unit}", ("PASS (noisy)" if self.noisy else "PASS") if self.passed else "FAIL"
+        verdict = "FAIL" if not self.passed else "PASS (noisy)" if self.noisy else "PASS"
+        return measured, f"{op} {self.limit * scale:g} {self.unit}", verdict
 
 
 @dataclass
@@ -143,7 +144,7 @@ def markdown(sections: Sequence[Section], *, command: str, commands: dict[str, s
              "CPU time per call (user + system, from /proc, all its threads) moves much less and",
              "is the better guide to what each layer costs. Ratios are taken round by round and",
              "their median is reported. A target whose median passes while its spread reaches",
-             "past the limit (some rounds failed) is marked PASS (noisy).", "",
+             "past the limit (it passes by less than the rounds vary) is marked PASS (noisy).", "",
              f"Command: `{command}`", ""]
     if commands:
         lines += ["Servers and loads:", "", "```"]
