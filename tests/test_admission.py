@@ -67,9 +67,32 @@ async def test_full_queue_is_refused_at_once_with_retry_hint(serve, channel_to):
         assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert "max_queue 3" in err.value.details()
         assert int(dict(err.value.trailing_metadata())["grpc-retry-pushback-ms"]) >= 1
+    assert admission.rejected == {"blocked": 3}  # each refusal counted once
     gate.set()
     assert len(await asyncio.gather(*accepted)) == 5
     assert admission.in_use == 0
+
+
+async def test_check_says_what_take_would_do_and_takes_nothing():
+    admission = Admission(1, max_queue=1, per_user_limit=1)
+    assert admission.check("ann", "a") is True
+    assert admission.take("ann", "a") is True
+    assert admission.check("bob", "a") is False  # would queue
+    with pytest.raises(Overloaded, match="per-user limit 1"):
+        admission.check("ann", "a")
+    assert (admission.in_use, admission.waiting, admission._per_user) == (1, 0, {"ann": 1})
+    waiter = asyncio.ensure_future(admission.acquire("bob", "a"))
+    await asyncio.sleep(0)
+    with pytest.raises(Overloaded, match="max_queue 1"):
+        admission.check("cy", "a")
+    assert admission.rejected == {"a": 2}
+    admission.release("ann", "a")
+    assert await waiter >= 0 and admission.in_use == 1
+    admission.release("bob", "a")
+    admission.draining = True
+    with pytest.raises(Draining):
+        admission.check("", "a")
+    assert (admission.in_use, admission._per_user, admission.rejected) == (0, {}, {"a": 3})
 
 
 async def test_queue_wait_limit(serve, channel_to):

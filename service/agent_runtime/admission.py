@@ -44,10 +44,10 @@ class Admission:
         A refusal (`Overloaded`, `Draining`) is counted in `rejected[label]`."""
         return 0.0 if self.take(user_id, label) else await self.queue(user_id, label)
 
-    def take(self, user_id: str = "", label: str = "") -> bool:
-        """Take a free slot at once (True), or say the run must `queue` for one (False).
-
-        The common case costs no coroutine: callers await `queue` only on False."""
+    def check(self, user_id: str = "", label: str = "") -> bool:
+        """Whether a run would get a slot at once (True) or wait in the queue (False);
+        a run that would be refused is refused here (`Overloaded`, `Draining`), so
+        callers can shed load before they build anything for a run."""
         if self.draining:
             self._refused(label)
             raise Draining("server is draining; retry on another replica")
@@ -57,19 +57,27 @@ class Admission:
                 self._refused(label)
                 raise Overloaded(f"user {user_id!r} already has {held} runs "
                                  f"(per-user limit {self.per_user_limit})", retry_after=self._retry_after())
-            self._per_user[user_id] = held + 1
         if not self.limit or (self.in_use < self.limit and not self._waiters):
-            self.in_use += 1
-            running = self.running
-            running[label] = running.get(label, 0) + 1
             return True
         if len(self._waiters) >= self.max_queue:  # refused here: no coroutine for a refusal
-            self._forget_user(user_id)
             self._refused(label)
             raise Overloaded(f"over capacity: {self.in_use} runs in progress and "
                              f"{len(self._waiters)} queued (max_queue {self.max_queue})",
                              retry_after=self._retry_after())
         return False
+
+    def take(self, user_id: str = "", label: str = "") -> bool:
+        """Take a free slot at once (True), or say the run must `queue` for one (False);
+        refusals as `check`'s. The common case costs no coroutine: callers await `queue`
+        only on False."""
+        free = self.check(user_id, label)
+        if self.per_user_limit and user_id:
+            self._per_user[user_id] = self._per_user.get(user_id, 0) + 1
+        if free:
+            self.in_use += 1
+            running = self.running
+            running[label] = running.get(label, 0) + 1
+        return free
 
     async def queue(self, user_id: str = "", label: str = "") -> float:
         """Wait in the queue for a slot after `take` said False; returns the seconds waited."""

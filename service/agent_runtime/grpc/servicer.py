@@ -43,9 +43,14 @@ class AgentRuntimeServicer:
 
     def _run(self, request: Any, context: grpc.aio.ServicerContext) -> Runner:
         """The run `request` asks for, in the caller's session (a Session has nothing to
-        enter or leave, so none is entered: one coroutine pair less per call)."""
+        enter or leave, so none is entered: one coroutine pair less per call).
+
+        A run admission would refuse now is refused before anything is built for it, so
+        shedding load costs less than serving."""
         req = messages.run_request(request)
-        session = self.manager.session(req.user_id, req.session_id)
+        manager = self.manager
+        manager.admission.check(req.user_id, manager.agent(req.agent).name)
+        session = manager.session(req.user_id, req.session_id)
         return session.run(req.input, agent=req.agent, metadata=req.metadata,
                            timeout=_timeout(req.timeout, context))
 
