@@ -79,6 +79,16 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+async def wait_until(predicate: Callable[[], Any], what: str = "the condition", timeout: float = 10.0) -> None:
+    """Poll `predicate` every 10 ms until it holds; AssertionError naming `what` after `timeout` s."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not predicate():
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.01)
+
+
 def stub(channel: grpc.aio.Channel) -> runtime_pb2_grpc.AgentRuntimeStub:
     return runtime_pb2_grpc.AgentRuntimeStub(channel)
 

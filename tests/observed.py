@@ -76,11 +76,3 @@ def scrape(port: int) -> dict[tuple[str, frozenset], float]:
 def sample(samples: dict[tuple[str, frozenset], float], name: str, **labels: str) -> float | None:
     return samples.get((name, frozenset(labels.items())))
 
-
-async def wait_until(predicate: Any, timeout: float = 10.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not predicate():
-        if loop.time() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.01)

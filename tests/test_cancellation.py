@@ -9,7 +9,7 @@ import pytest
 
 from agent_runtime import EventType, RunCancelled, RunStatus, RunTimeout, SessionManager
 from conftest import runtime_pb2 as pb
-from conftest import stub
+from conftest import stub, wait_until
 
 
 class Recorder:
@@ -40,11 +40,7 @@ class Sleeper:
 
 
 async def wait_idle(manager) -> None:
-    for _ in range(500):
-        if not manager.admission.in_use and not manager.runs:
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("slot not freed")
+    await wait_until(lambda: not manager.admission.in_use and not manager.runs, "the slot to be freed", timeout=5)
 
 
 async def test_client_cancel_frees_slot_and_ends_cancelled(serve, channel_to):
@@ -134,10 +130,7 @@ async def test_agent_ignoring_cancellation_is_abandoned_and_slot_freed(caplog):
     assert "ignored cancellation" in caplog.text
     assert len(manager._abandoned) == 1
     release.set()
-    for _ in range(100):
-        if not manager._abandoned:
-            break
-        await asyncio.sleep(0.01)
+    await wait_until(lambda: not manager._abandoned, "the abandoned agent to end", timeout=1)
     assert not manager._abandoned and recorder.ends() == [RunStatus.TIMEOUT]
 
 

@@ -11,7 +11,7 @@ import pytest
 
 from agent_runtime import RunTimeout, SessionManager
 from conftest import runtime_pb2 as pb
-from conftest import stub
+from conftest import stub, wait_until
 
 
 class Sleepy:
@@ -55,10 +55,7 @@ async def test_run_timeout_setting_over_grpc(serve, channel_to):
     with pytest.raises(grpc.aio.AioRpcError) as deadline:  # the client's own deadline, shorter still
         await client.Invoke(pb.InvokeRequest(input=pb.Payload(text="x")), timeout=0.01)
     assert deadline.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
-    for _ in range(300):
-        if not server.manager.admission.in_use:
-            break
-        await asyncio.sleep(0.01)
+    await wait_until(lambda: not server.manager.admission.in_use, "the slot to be freed", timeout=3)
     assert server.manager.admission.in_use == 0
 
 
@@ -84,8 +81,5 @@ async def test_client_deadlines_race_no_status_into_a_finished_call(serve, chann
     assert {e.code() for e in errors} == {grpc.StatusCode.DEADLINE_EXCEEDED}
     assert any(dict(e.trailing_metadata() or ()).get("agent-runtime-run-id") for e in errors)
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
-    for _ in range(300):
-        if not server.manager.admission.in_use:
-            break
-        await asyncio.sleep(0.01)
+    await wait_until(lambda: not server.manager.admission.in_use, "the slot to be freed", timeout=3)
     assert server.manager.admission.in_use == 0

@@ -18,7 +18,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from agent_runtime import EventType, RunStatus
 from conftest import runtime_pb2 as pb
-from conftest import stub
+from conftest import stub, wait_until
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 
@@ -35,14 +35,6 @@ class Ends:
 async def healthy(channel) -> bool:
     reply = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10)
     return reply.status == SERVING
-
-
-async def wait_until(predicate, what: str) -> None:
-    for _ in range(1000):
-        if predicate():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 KILLED_CLIENT = textwrap.dedent("""

@@ -14,6 +14,7 @@ import pytest
 
 from agent_runtime import AgentError, EventType, RunStatus, SessionManager, current_run
 
+from conftest import wait_until
 from test_run_containment import Recorder
 
 marker: contextvars.ContextVar[str] = contextvars.ContextVar("marker", default="caller")
@@ -119,10 +120,7 @@ async def test_agent_ignoring_its_callers_cancellation_is_abandoned(caplog):
     assert manager.admission.in_use == 0 and manager.abandoned == 1
     assert "ignored cancellation" in caplog.text
     release.set()
-    for _ in range(100):
-        if not manager.abandoned:
-            break
-        await asyncio.sleep(0.01)
+    await wait_until(lambda: not manager.abandoned, "the abandoned agent to end", timeout=1)
     assert manager.abandoned == 0
     assert [e.data["status"] for e in recorder.of(EventType.RUN_END)] == [RunStatus.CANCELLED]
 

@@ -20,8 +20,8 @@ from agent_runtime.context import RunContext
 from agent_runtime.echo import echo_agent
 from agent_runtime.events import EventType, RunEvent, RunStatus
 from agent_runtime.metrics import GrpcMetrics, MetricsSink
-from conftest import free_port, runtime_pb2, stub
-from observed import Scripted, request, sample, scrape, wait_until
+from conftest import free_port, runtime_pb2, stub, wait_until
+from observed import Scripted, request, sample, scrape
 
 AGENT = "scripted"
 

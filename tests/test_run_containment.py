@@ -14,7 +14,7 @@ import pytest
 from agent_runtime import (AgentError, EventType, RunCancelled, RunStatus, RunTimeout,
                            SessionManager)
 from conftest import runtime_pb2 as pb
-from conftest import stub
+from conftest import stub, wait_until
 
 
 class Recorder:
@@ -76,10 +76,7 @@ async def test_agent_ignoring_cancellation_is_abandoned_after_grace(caplog):
             with pytest.raises(RunTimeout):
                 await second.result()
     agent.release.set()
-    for _ in range(200):
-        if not manager.abandoned:
-            break
-        await asyncio.sleep(0.01)
+    await wait_until(lambda: not manager.abandoned, "the abandoned agent to end", timeout=2)
     assert manager.abandoned == 0 and agent.executing == 0
     ends = recorder.of(EventType.RUN_END)
     assert [e.data["status"] for e in ends] == [RunStatus.TIMEOUT, RunStatus.TIMEOUT]
@@ -250,9 +247,6 @@ async def test_hung_sync_tool_is_abandoned_without_starving_other_runs():
         assert all(name.startswith("agent-runtime-worker") for name in threads)
     finally:
         release.set()
-    for _ in range(300):
-        if not manager.busy:
-            break
-        await asyncio.sleep(0.01)
+    await wait_until(lambda: not manager.busy, "the hung agents and threads to end", timeout=3)
     assert manager.busy == 0
     await manager.aclose()

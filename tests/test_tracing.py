@@ -18,8 +18,8 @@ from opentelemetry.trace import SpanKind, StatusCode
 
 from agent_runtime import tracing
 from agent_runtime.echo import echo_agent
-from conftest import ROOT, runtime_pb2, stub
-from observed import Scripted, request, wait_until
+from conftest import ROOT, runtime_pb2, stub, wait_until
+from observed import Scripted, request
 
 CALLER_TRACE = "0af7651916cd43dd8448eb211c80319c"
 CALLER_SPAN = "b7ad6b7169203331"
