@@ -19,6 +19,10 @@ LOG_FORMATS = ("text", "json")
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
+def _level(status: RunStatus) -> int:
+    return logging.INFO if status is RunStatus.OK else logging.WARNING
+
+
 class RunLogSink:
     """Logs one line per run end: INFO when it succeeded, WARNING otherwise. Which of
     these the logger lets through is read when the sink is made (as the server is
@@ -29,15 +33,14 @@ class RunLogSink:
     def __init__(self) -> None:
         # Decided once, when the server is built (after logging is configured): below
         # INFO, the run.end of a run that succeeded is not even built.
-        self.run_end_statuses = frozenset(status for status in RunStatus
-                                  if logger.isEnabledFor(logging.INFO if status is RunStatus.OK else logging.WARNING))
+        self.run_end_statuses = frozenset(status for status in RunStatus if logger.isEnabledFor(_level(status)))
 
     def on_event(self, event: RunEvent) -> None:
         if event.type is not EventType.RUN_END:
             return
         data = event.data
         status = data["status"]
-        level = logging.INFO if status is RunStatus.OK else logging.WARNING
+        level = _level(status)
         if not logger.isEnabledFor(level):
             return
         run = event.run

@@ -69,7 +69,7 @@ def checked_metadata(metadata: Mapping[str, str]) -> dict[str, str]:
         if not key or len(key) > MAX_METADATA_KEY_CHARS or len(value) > MAX_METADATA_VALUE_CHARS:
             raise InvalidInput(f"metadata keys must be 1-{MAX_METADATA_KEY_CHARS} characters and values "
                                f"at most {MAX_METADATA_VALUE_CHARS}")
-    return dict(metadata) if metadata else {}
+    return dict(metadata)
 
 
 def run_request(request: Any) -> RunRequest:
@@ -86,9 +86,8 @@ def run_request(request: Any) -> RunRequest:
         timeout = duration.seconds + duration.nanos / 1e9
         if timeout <= 0 or abs(duration.nanos) >= 1_000_000_000:
             raise InvalidInput("timeout must be a positive duration")
-    metadata = request.metadata
     return RunRequest(agent, session_id, user_id, to_python(request.input),
-                      checked_metadata(metadata) if metadata else {}, timeout)
+                      checked_metadata(request.metadata), timeout)
 
 
 def output_payload(output: Any, run_id: str) -> pb.Payload:
