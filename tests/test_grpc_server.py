@@ -7,7 +7,7 @@ import pytest
 from google.protobuf import struct_pb2
 
 from conftest import runtime_pb2 as pb
-from conftest import stub
+from conftest import free_port, stub
 
 SERVE_ARGS = ("--agent", "agent_runtime.echo:echo_agent", "--agent", "agents_for_tests:counting_stream",
               "--agent", "agents_for_tests:failing")
@@ -103,3 +103,38 @@ async def test_health_overall_and_per_service(served, channel_to):
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await health.Check(health_pb2.HealthCheckRequest(service="no.such.Service"))
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+@pytest.mark.parametrize("plugin", [False, True])
+async def test_only_run_methods_are_registered_in_advance_and_every_method_answers(
+        plugin, serve, channel_to, monkeypatch):
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from agent_runtime._proto.redpanda.runtime.v1alpha1 import agent_pb2, agent_pb2_grpc
+    from agent_runtime._proto.redpanda.runtime.v1alpha1 import message_pb2
+
+    registered: list[str] = []
+    real = grpc.aio._server.Server.add_registered_method_handlers
+
+    def recording(self, service, handlers):
+        registered.extend(f"{service}/{name}" for name in handlers)
+        return real(self, service, handlers)
+
+    monkeypatch.setattr(grpc.aio._server.Server, "add_registered_method_handlers", recording)
+    server = await serve(plugin_handshake=plugin, metrics_port=0 if plugin else free_port())
+    run_methods = (["redpanda.runtime.v1alpha1.AgentRuntime/InvokeAgent", "redpanda.runtime.v1alpha1.Runtime/InvokeAgent"]
+                   if plugin else ["agent_runtime.v1.AgentRuntime/Invoke", "agent_runtime.v1.AgentRuntime/InvokeStream"])
+    assert registered == run_methods
+
+    channel = channel_to(server.address)
+    runtime = stub(channel)
+    assert (await runtime.Invoke(pb.InvokeRequest(input=pb.Payload(text="hi")))).output.text == "hi"
+    assert [e.WhichOneof("event") async for e in runtime.InvokeStream(
+        pb.InvokeRequest(input=pb.Payload(text="hi")))][-1] == "ended"
+    assert [a.name for a in (await runtime.ListAgents(pb.ListAgentsRequest())).agents] == ["echo"]
+    assert not (await runtime.CancelRun(pb.CancelRunRequest(run_id="nope"))).cancelled
+    reply = await agent_pb2_grpc.AgentRuntimeStub(channel).InvokeAgent(
+        agent_pb2.InvokeAgentRequest(message=message_pb2.Message(bytes=b"hi")))
+    assert reply.message.bytes == b"hi"
+    check = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
+    assert check.status == health_pb2.HealthCheckResponse.SERVING
