@@ -127,8 +127,7 @@ class Runner:
         self.duration = 0.0
         self.input_tokens = 0
         self.output_tokens = 0
-        bounds = [t for t in (timeout, agent.timeout, manager.default_timeout) if t]
-        self._timeout = min(bounds) if bounds else None
+        self._timeout = min(filter(None, (timeout, agent.timeout, manager.default_timeout)), default=None)
         self._deadline: float | None = None
         self._task: asyncio.Task | None = None  # the task the agent executes in:
         self._inline = False  # the caller's own (result()) or the run's (events())

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping, NamedTuple
+from typing import Any, Callable, Mapping
 
 from google.protobuf import duration_pb2
 from google.protobuf.message import DecodeError
@@ -50,15 +50,6 @@ def parser(message_type: type) -> Callable[[bytes], Any]:
     return deserialize
 
 
-class RunRequest(NamedTuple):
-    agent: str
-    session_id: str
-    user_id: str
-    input: Any
-    metadata: Mapping[str, str]
-    timeout: float | None
-
-
 def checked_metadata(metadata: Mapping[str, str]) -> dict[str, str]:
     """The run's metadata as a dict, within the size limits (InvalidInput beyond them)."""
     if not metadata:
@@ -72,22 +63,23 @@ def checked_metadata(metadata: Mapping[str, str]) -> dict[str, str]:
     return dict(metadata)
 
 
-def run_request(request: Any) -> RunRequest:
-    """Validate an InvokeRequest (or a MalformedRequest) into a RunRequest."""
+def run_request(request: Any) -> tuple[str, str, str, Any, dict[str, str], float | None]:
+    """Validate an InvokeRequest (or a MalformedRequest) into the run it asks for:
+    (agent, session_id, user_id, input, metadata, timeout)."""
     if type(request) is MalformedRequest:
         raise InvalidInput(f"request is not a valid InvokeRequest: {request.reason}")
     agent, session_id, user_id = request.agent, request.session_id, request.user_id
-    for name, value in (("agent", agent), ("session_id", session_id), ("user_id", user_id)):
-        if len(value) > MAX_ID_CHARS:
-            raise InvalidInput(f"{name} is longer than {MAX_ID_CHARS} characters")
+    if max(len(agent), len(session_id), len(user_id)) > MAX_ID_CHARS:
+        name = next(name for name, value in (("agent", agent), ("session_id", session_id), ("user_id", user_id))
+                    if len(value) > MAX_ID_CHARS)
+        raise InvalidInput(f"{name} is longer than {MAX_ID_CHARS} characters")
     timeout = None
     if request.HasField("timeout"):
         duration = request.timeout
         timeout = duration.seconds + duration.nanos / 1e9
         if timeout <= 0 or abs(duration.nanos) >= 1_000_000_000:
             raise InvalidInput("timeout must be a positive duration")
-    return RunRequest(agent, session_id, user_id, to_python(request.input),
-                      checked_metadata(request.metadata), timeout)
+    return agent, session_id, user_id, to_python(request.input), checked_metadata(request.metadata), timeout
 
 
 def output_payload(output: Any, run_id: str) -> pb.Payload:

@@ -47,12 +47,12 @@ class AgentRuntimeServicer:
 
         A run admission would refuse now is refused before anything is built for it, so
         shedding load costs less than serving."""
-        req = messages.run_request(request)
+        agent, session_id, user_id, input, metadata, timeout = messages.run_request(request)
         manager = self.manager
-        manager.admission.check(req.user_id, manager.agent(req.agent).name)
-        session = manager.session(req.user_id, req.session_id)
-        return session.run(req.input, agent=req.agent, metadata=req.metadata,
-                           timeout=_timeout(req.timeout, context))
+        spec = manager.agent(agent)
+        manager.admission.check(user_id, spec.name)
+        return Runner(manager.session(user_id, session_id), spec, input, metadata=metadata,
+                      timeout=_timeout(timeout, context))
 
     async def Invoke(self, request: Any, context: grpc.aio.ServicerContext) -> pb.InvokeResponse | None:
         runner = None
