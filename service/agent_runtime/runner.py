@@ -47,6 +47,7 @@ _END_STATUS = {RunTimeout: RunStatus.TIMEOUT, RunCancelled: RunStatus.CANCELLED}
 
 
 _NOT_STARTED = object()
+_new_event = tuple.__new__
 
 
 @types.coroutine
@@ -395,27 +396,30 @@ class Runner:
         (the caller's stream among them).
 
         Events of an abandoned agent, after its run has ended, are dropped."""
+        if type is EventType.LLM_END and not self._ended:
+            self.input_tokens += data.get("input_tokens") or 0
+            self.output_tokens += data.get("output_tokens") or 0
         self._emit(type, type, data)
 
     def _emit(self, route: Any, type: EventType, data: Mapping[str, Any]) -> None:
-        """`emit`, to the sinks routed under `route` (the run's status for run.end)."""
+        """`emit`, to the sinks routed under `route` (the run's status for run.end).
+
+        Per streamed chunk this is the runtime's hot path: the event is built with
+        tuple.__new__ (a RunEvent without NamedTuple's Python-level __new__), and the
+        sinks and listeners are one tuple (`() + listeners` is `listeners` itself)."""
         if self._ended:
             return
         seq = self._seq
         self._seq = seq + 1
-        if type is EventType.LLM_END:
-            self.input_tokens += data.get("input_tokens") or 0
-            self.output_tokens += data.get("output_tokens") or 0
-        sinks, listeners = self.manager.routes[route], self._listeners
-        if not sinks and not listeners:
+        receivers = self.manager.routes[route] + self._listeners
+        if not receivers:
             return
-        event = RunEvent(self.context, seq, type, time.time(), data)
-        for group in (sinks, listeners):
-            for sink in group:
-                try:
-                    sink.on_event(event)
-                except Exception:
-                    logger.exception("event sink %r failed on %s", sink, type.value)
+        event = _new_event(RunEvent, (self.context, seq, type, time.time(), data))
+        for sink in receivers:
+            try:
+                sink.on_event(event)
+            except Exception:
+                logger.exception("event sink %r failed on %s", sink, type.value)
 
     def listen(self, sink: EventSink) -> None:
         """Hand this run's events, and no other run's, to `sink` too (from before the run starts)."""
