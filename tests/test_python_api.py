@@ -8,6 +8,7 @@ import pytest
 
 from agent_runtime import (AgentError, EventType, RunStatus, SessionManager, as_agent, current_run,
                            emit_chunk, emit_event)
+from agent_runtime.errors import RunCancelled
 
 
 class Recorder:
@@ -140,6 +141,47 @@ async def test_events_stream_for_streaming_caller():
             events = [e async for e in runner.events()]
     assert [e.type for e in events] == [EventType.RUN_START, EventType.CHUNK, EventType.RUN_END]
     assert events[0].run.streaming
+
+
+async def test_event_batches_hold_what_came_since_the_reader_left_and_end_with_run_end():
+    step = asyncio.Event()
+
+    async def paced(input):
+        emit_chunk("a")
+        emit_chunk("b")
+        await step.wait()
+        emit_chunk("c")
+        return "abc"
+
+    manager = SessionManager(paced)
+    batches = []
+    async with manager.session() as session, session.run("x") as runner:
+        async for batch in runner.event_batches():
+            batches.append([e.type.value if e.type is not EventType.CHUNK else e.data["chunk"] for e in batch])
+            step.set()
+    assert batches[0] == ["run.start"]
+    assert [item for batch in batches[1:] for item in batch] == ["a", "b", "c", "run.end"]
+    assert ["a", "b"] in [batch[:2] for batch in batches] and batches[-1][-1] == "run.end"
+    assert runner.status is RunStatus.OK and manager.admission.in_use == 0
+
+
+async def test_a_reader_that_leaves_early_cancels_the_run():
+    async def endless(input):
+        while True:
+            emit_chunk("x")
+            await asyncio.sleep(0.001)
+
+    manager = SessionManager(endless)
+    async with manager.session() as session, session.run("x") as runner:
+        events = runner.events()
+        async for event in events:
+            if event.type is EventType.CHUNK:
+                break
+        await events.aclose()  # the reader left: the run is cancelled, not left to go on
+        with pytest.raises(RunCancelled):
+            await runner.result()
+        assert runner.status is RunStatus.CANCELLED
+    assert manager.admission.in_use == 0
 
 
 async def test_agent_exception_becomes_agent_error_with_run_id(caplog):

@@ -101,17 +101,18 @@ class EventBuffer:
         if reader is not None and not reader.done():
             reader.set_result(None)
 
-    def pop(self) -> RunEvent | None:
-        """The oldest event, or None when there is none yet (then `await wait()`): events
-        already there cost the reader no coroutine."""
+    def pop_all(self) -> list[RunEvent]:
+        """Every event there is, oldest first; empty when there is none yet (then `await
+        wait()`). Events already there cost the reader no coroutine."""
         items = self._items
         if not items:
-            return None
-        event = items.popleft()
+            return []
+        batch = list(items)
+        items.clear()
         space = self._space
-        if space is not None and len(items) < self.high_water and not space.done():
+        if space is not None and not space.done():
             space.set_result(None)
-        return event
+        return batch
 
     async def wait(self) -> None:
         """Wait until there is an event to `pop`."""

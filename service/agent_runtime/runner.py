@@ -278,6 +278,22 @@ class Runner:
 
     async def events(self) -> AsyncIterator[RunEvent]:
         """Run the agent and yield every event of the run, `run.start` to `run.end`."""
+        batches = self.event_batches()
+        try:
+            async for batch in batches:
+                for event in batch:
+                    yield event
+        finally:
+            await batches.aclose()
+
+    async def event_batches(self) -> AsyncIterator[list[RunEvent]]:
+        """Run the agent and yield its events in batches, `run.start` first and `run.end`
+        last: each batch is every event produced since the reader came back for more.
+
+        A reader that awaits between events (a gRPC stream awaits each write) resumes
+        this generator once a batch instead of once an event, which was a fifth of the
+        runtime's CPU per streamed chunk. Taking a batch frees a producer held back by
+        the buffer's high-water mark, so twice that many events may be in memory."""
         if self._task is not None:
             raise RuntimeError("this run has already started")
         buffer = self._buffer = EventBuffer()
@@ -289,12 +305,12 @@ class Runner:
         task.add_done_callback(self._on_task_done, context=context)
         try:
             while True:
-                event = buffer.pop()
-                if event is None:
+                batch = buffer.pop_all()
+                if not batch:
                     await buffer.wait()
                     continue
-                yield event
-                if event.type is EventType.RUN_END:
+                yield batch
+                if batch[-1].type is EventType.RUN_END:
                     return
         except (asyncio.CancelledError, GeneratorExit):
             self._cancel_for_caller()

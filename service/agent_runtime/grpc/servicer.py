@@ -69,8 +69,9 @@ class AgentRuntimeServicer:
         runner = None
         try:
             async with self._run(request, context) as runner:
-                async for event in runner.events():
-                    await context.write(messages.event_message(event))
+                async for batch in runner.event_batches():
+                    for event in batch:
+                        await context.write(messages.event_message(event))
                 if runner.status is not RunStatus.OK:
                     await runner.result()  # raises the run's error, for its status code
         except AgentRuntimeError as exc:
