@@ -199,7 +199,8 @@ def chart(sections: Sequence[Section], path: Path) -> None:
                     rotation=15, fontsize=8)
     left.set_ylabel("calls/s (median over rounds)")
     left.set_title("Throughput per contender")
-    left.legend(fontsize=8)
+    if contenders:  # a run of some sections only may have no unary figures
+        left.legend(fontsize=8)
     names = [r.contender for r in latency_rows]
     right.bar(range(len(names)), [median(r.p50_ms) for r in latency_rows], 0.4, label="p50")
     right.bar([x + 0.4 for x in range(len(names))], [median(r.p99_ms) for r in latency_rows], 0.4, label="p99")

@@ -20,3 +20,11 @@ def test_failures_and_at_most_targets():
     latency = Target("p99", 0.9, 1.0, "ms", at_least=False, spread=0.2)
     assert latency.passed and latency.noisy  # 0.9 ms + 20 % passes the 1 ms limit
     assert not Target("nan", math.nan, 1.0, "ms").passed
+
+
+def test_the_chart_of_a_run_without_unary_figures(tmp_path):
+    from bench.report import Row, Section, chart
+
+    stream = Section("Streaming", rows=[Row("stream c=16", "(a) grpc.aio", "chunks/s", [40000.0, 41000.0])])
+    chart([stream], tmp_path / "chart.png")  # warnings are errors: no legend without labelled bars
+    assert (tmp_path / "chart.png").stat().st_size > 0
