@@ -22,7 +22,7 @@ import grpc
 from ..config import ConfigError, ServerConfig, env_name
 from ..errors import Unauthenticated
 from .instrument import with_behavior
-from .status import set_status
+from .status import abort
 
 logger = logging.getLogger("agent_runtime.auth")
 
@@ -130,7 +130,7 @@ def _denial(handler: grpc.RpcMethodHandler | None, reason: str) -> grpc.RpcMetho
     traced like any other call."""
 
     async def deny(request: Any, context: grpc.aio.ServicerContext) -> None:
-        set_status(context, Unauthenticated(reason))
+        await abort(context, Unauthenticated(reason))
 
     if handler is None:  # an unknown method: refused before it would be UNIMPLEMENTED
         return grpc.unary_unary_rpc_method_handler(deny)

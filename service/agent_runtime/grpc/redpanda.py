@@ -28,7 +28,7 @@ from . import messages
 from .redpanda_messages import failed_message, message_input, message_metadata, output_message
 from .redpanda_trace import SpanCollector, recorder
 from .servicer import _timeout
-from .status import RUN_ID_KEY, set_status, unexpected
+from .status import RUN_ID_KEY, abort, unexpected
 
 AGENT_RUNTIME_SERVICE = pb.DESCRIPTOR.services_by_name["AgentRuntime"].full_name
 RUNTIME_SERVICE = runtime_pb2.DESCRIPTOR.services_by_name["Runtime"].full_name
@@ -82,9 +82,9 @@ class RedpandaRuntimeServicer:
                             reply = failed_message(message, exc.message)
             return pb.InvokeAgentResponse(message=reply, trace=spans.trace() if spans is not None else None)
         except AgentRuntimeError as exc:
-            set_status(context, exc)
+            await abort(context, exc)
         except Exception as exc:
-            set_status(context, unexpected(exc, runner.run_id if runner is not None else ""))
+            await abort(context, unexpected(exc, runner.run_id if runner is not None else ""))
 
 
 def _ran(runner: Runner) -> bool:

@@ -1,7 +1,7 @@
 """The AgentRuntime servicer: a thin skin over SessionManager.
 
 Each RPC is one session and one run; domain errors become status codes in
-`status.set_status` and nowhere else.
+`status.abort` and nowhere else.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from ..events import RunStatus
 from ..runner import Runner
 from ..session import SessionManager
 from . import messages
-from .status import set_status, unexpected
+from .status import abort, unexpected
 
 logger = logging.getLogger("agent_runtime.grpc")
 
@@ -54,16 +54,16 @@ class AgentRuntimeServicer:
         return Runner(manager.session(user_id, session_id), spec, input, metadata=metadata,
                       timeout=_timeout(timeout, context))
 
-    async def Invoke(self, request: Any, context: grpc.aio.ServicerContext) -> pb.InvokeResponse | None:
+    async def Invoke(self, request: Any, context: grpc.aio.ServicerContext) -> pb.InvokeResponse:
         runner = None
         try:
             runner = self._run(request, context)
             output = await runner.invoke()
             return messages.invoke_response(runner, output)
         except AgentRuntimeError as exc:
-            set_status(context, exc)
+            await abort(context, exc)
         except Exception as exc:
-            set_status(context, unexpected(exc, runner.run_id if runner is not None else ""))
+            await abort(context, unexpected(exc, runner.run_id if runner is not None else ""))
 
     async def InvokeStream(self, request: Any, context: grpc.aio.ServicerContext) -> None:
         runner = None
@@ -75,17 +75,16 @@ class AgentRuntimeServicer:
                 if runner.status is not RunStatus.OK:
                     await runner.result()  # raises the run's error, for its status code
         except AgentRuntimeError as exc:
-            set_status(context, exc)
+            await abort(context, exc)
         except Exception as exc:
-            set_status(context, unexpected(exc, runner.run_id if runner is not None else ""))
+            await abort(context, unexpected(exc, runner.run_id if runner is not None else ""))
 
     async def ListAgents(self, request: Any, context: grpc.aio.ServicerContext) -> pb.ListAgentsResponse:
         return pb.ListAgentsResponse(agents=[messages.agent_info(spec) for spec in self.manager.agents.values()])
 
-    async def CancelRun(self, request: Any, context: grpc.aio.ServicerContext) -> pb.CancelRunResponse | None:
+    async def CancelRun(self, request: Any, context: grpc.aio.ServicerContext) -> pb.CancelRunResponse:
         if isinstance(request, messages.MalformedRequest) or not request.run_id:
-            set_status(context, InvalidInput("run_id is required"))
-            return None
+            await abort(context, InvalidInput("run_id is required"))
         return pb.CancelRunResponse(cancelled=self.manager.cancel_run(request.run_id))
 
 

@@ -1,4 +1,4 @@
-"""The one table from domain errors to gRPC status codes, and the call status set from it."""
+"""The one table from domain errors to gRPC status codes, and the abort that uses it."""
 
 from __future__ import annotations
 
@@ -48,20 +48,22 @@ def trailing_metadata(exc: AgentRuntimeError) -> tuple[tuple[str, str], ...]:
     return tuple(metadata)
 
 
-def set_status(context: grpc.aio.ServicerContext, exc: AgentRuntimeError) -> None:
-    """Have the call end with the status of `exc` when its handler returns, which it
-    should do next. Trailing metadata set before (the trace id, say) is kept.
-
-    Not `context.abort`: its AbortError, raised through every frame of the handler and
-    of grpc.aio, made refusing a call cost more than serving one. (A unary call that
-    returns with an error status also sends an empty message, which clients discard,
-    as they do for any server that uses `set_code`.) A call gRPC has already ended
-    (its deadline passed, its client left) has no status to send: it is cancelled."""
+async def abort(context: grpc.aio.ServicerContext, exc: AgentRuntimeError) -> None:
+    """End the call with the status of `exc`; raises, as `context.abort` does. Trailing
+    metadata set before (the trace id, say) is kept. A call gRPC has already ended
+    (its deadline passed, its client left; also while the status was on its way)
+    has no status to send: it is cancelled."""
     if context.done():
         raise asyncio.CancelledError
-    context.set_code(status_code(exc))
-    context.set_details(exc.message)
-    context.set_trailing_metadata((*(context.trailing_metadata() or ()), *trailing_metadata(exc)))
+    try:
+        await context.abort(status_code(exc), exc.message,
+                            trailing_metadata=(*(context.trailing_metadata() or ()), *trailing_metadata(exc)))
+    except grpc.aio.AbortError:
+        raise
+    except Exception:  # gRPC ended the call while the status was being sent
+        if not context.done():
+            raise
+        raise asyncio.CancelledError from None
 
 
 def unexpected(exc: Exception, run_id: str = "") -> AgentError:
