@@ -99,6 +99,18 @@ async def test_over_capacity_without_retries_reports_the_retry_hint(serve):
         assert (await holder).output == "slept 1s"
 
 
+async def test_a_call_refused_over_capacity_is_retried_until_a_slot_is_free(serve):
+    """A refusal is a status without a reply (trailers only), so gRPC's retries take it."""
+    server = await serve(interop_agents.slow, max_concurrency=1, max_queue=0)
+    async with AgentRuntimeClient(server.address, max_attempts=5, initial_backoff=0.2, max_backoff=0.5) as client:
+        holder = asyncio.ensure_future(client.invoke("0.4"))
+        while not server.manager.admission.in_use:
+            await asyncio.sleep(0.01)
+        assert (await client.invoke("0")).output == "slept 0s"
+        assert (await holder).output == "slept 0.4s"
+    assert server.manager.admission.rejected["slow"] >= 1
+
+
 async def test_sync_client_does_what_the_async_one_does(serve):
     server = await serve()
 
