@@ -73,6 +73,35 @@ async def test_full_queue_is_refused_at_once_with_retry_hint(serve, channel_to):
     assert admission.in_use == 0
 
 
+async def test_load_is_shed_before_the_rest_of_the_request_is_read(serve, channel_to):
+    """Over capacity, a request is refused once it has named its agent and user: its input
+    is read (and found wanting) only when a slot is free."""
+    gate = asyncio.Event()
+
+    async def blocked(input):
+        await gate.wait()
+        return input
+
+    server = await serve(blocked, max_concurrency=1, max_queue=0)
+    client = stub(channel_to(server.address))
+    holder = asyncio.ensure_future(client.Invoke(pb.InvokeRequest(input=pb.Payload(text="x"))))
+    while not server.manager.admission.in_use:
+        await asyncio.sleep(0.01)
+    no_input = pb.InvokeRequest(metadata={"": "an empty key"})
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await client.Invoke(no_input, timeout=10)
+    assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await client.Invoke(pb.InvokeRequest(agent="nope", input=pb.Payload(text="x")), timeout=10)
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND  # the agent is known before admission asks
+    gate.set()
+    assert (await holder).output.text == "x"
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await client.Invoke(no_input, timeout=10)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert server.manager.admission.rejected == {"blocked": 1}
+
+
 async def test_check_says_what_take_would_do_and_takes_nothing():
     admission = Admission(1, max_queue=1, per_user_limit=1)
     assert admission.check("ann", "a") is True
@@ -85,14 +114,17 @@ async def test_check_says_what_take_would_do_and_takes_nothing():
     await asyncio.sleep(0)
     with pytest.raises(Overloaded, match="max_queue 1"):
         admission.check("cy", "a")
-    assert admission.rejected == {"a": 2}
+    assert isinstance(admission.refusal("cy", "a"), Overloaded)  # returned, not raised
+    assert admission.rejected == {"a": 3}
     admission.release("ann", "a")
     assert await waiter >= 0 and admission.in_use == 1
     admission.release("bob", "a")
     admission.draining = True
     with pytest.raises(Draining):
         admission.check("", "a")
-    assert (admission.in_use, admission._per_user, admission.rejected) == (0, {}, {"a": 3})
+    assert isinstance(admission.refusal("", "a"), Draining)
+    assert (admission.in_use, admission._per_user, admission.rejected) == (0, {}, {"a": 5})
+    assert admission.refusal("", "b") is not None and admission.rejected["b"] == 1
 
 
 async def test_queue_wait_limit(serve, channel_to):

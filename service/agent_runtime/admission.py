@@ -44,27 +44,33 @@ class Admission:
         A refusal (`Overloaded`, `Draining`) is counted in `rejected[label]`."""
         return 0.0 if self.take(user_id, label) else await self.queue(user_id, label)
 
-    def check(self, user_id: str = "", label: str = "") -> bool:
-        """Whether a run would get a slot at once (True) or wait in the queue (False);
-        a run that would be refused is refused here (`Overloaded`, `Draining`), so
-        callers can shed load before they build anything for a run."""
+    def refusal(self, user_id: str = "", label: str = "") -> Overloaded | Draining | None:
+        """The error a run would be refused with now (`Overloaded`, `Draining`; counted in
+        `rejected[label]`), or None. Returned, not raised: callers shedding load before
+        they build anything for a run pay for no exception of their own."""
         if self.draining:
             self._refused(label)
-            raise Draining("server is draining; retry on another replica")
+            return Draining("server is draining; retry on another replica")
         if self.per_user_limit and user_id:
             held = self._per_user.get(user_id, 0)
             if held >= self.per_user_limit:
                 self._refused(label)
-                raise Overloaded(f"user {user_id!r} already has {held} runs "
-                                 f"(per-user limit {self.per_user_limit})", retry_after=self._retry_after())
-        if not self.limit or (self.in_use < self.limit and not self._waiters):
-            return True
-        if len(self._waiters) >= self.max_queue:  # refused here: no coroutine for a refusal
-            self._refused(label)
-            raise Overloaded(f"over capacity: {self.in_use} runs in progress and "
-                             f"{len(self._waiters)} queued (max_queue {self.max_queue})",
-                             retry_after=self._retry_after())
-        return False
+                return Overloaded(f"user {user_id!r} already has {held} runs "
+                                  f"(per-user limit {self.per_user_limit})", retry_after=self._retry_after())
+        waiters = self._waiters
+        if self.limit and (self.in_use >= self.limit or waiters) and len(waiters) >= self.max_queue:
+            self._refused(label)  # refused here: no coroutine for a refusal
+            return Overloaded(f"over capacity: every slot (max_concurrency {self.limit}) is taken and "
+                              f"the queue is full (max_queue {self.max_queue})", retry_after=self._retry_after())
+        return None
+
+    def check(self, user_id: str = "", label: str = "") -> bool:
+        """Whether a run would get a slot at once (True) or wait in the queue (False);
+        a run that would be refused raises its `refusal`."""
+        refused = self.refusal(user_id, label)
+        if refused is not None:
+            raise refused
+        return not self.limit or (self.in_use < self.limit and not self._waiters)
 
     def take(self, user_id: str = "", label: str = "") -> bool:
         """Take a free slot at once (True), or say the run must `queue` for one (False);

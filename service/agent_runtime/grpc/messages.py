@@ -64,9 +64,9 @@ def checked_metadata(metadata: Mapping[str, str]) -> dict[str, str]:
     return dict(metadata)
 
 
-def run_request(request: Any) -> tuple[str, str, str, Any, dict[str, str], float | None]:
-    """Validate an InvokeRequest (or a MalformedRequest) into the run it asks for:
-    (agent, session_id, user_id, input, metadata, timeout)."""
+def run_ids(request: Any) -> tuple[str, str, str]:
+    """The (agent, session_id, user_id) of an InvokeRequest (or a MalformedRequest), checked:
+    all that admission needs, so a refused run reads nothing more of its request."""
     if type(request) is MalformedRequest:
         raise InvalidInput(f"request is not a valid InvokeRequest: {request.reason}")
     agent, session_id, user_id = request.agent, request.session_id, request.user_id
@@ -74,13 +74,18 @@ def run_request(request: Any) -> tuple[str, str, str, Any, dict[str, str], float
         name = next(name for name, value in (("agent", agent), ("session_id", session_id), ("user_id", user_id))
                     if len(value) > MAX_ID_CHARS)
         raise InvalidInput(f"{name} is longer than {MAX_ID_CHARS} characters")
+    return agent, session_id, user_id
+
+
+def run_input(request: Any) -> tuple[Any, dict[str, str], float | None]:
+    """The (input, metadata, timeout) of an InvokeRequest, checked."""
     timeout = None
     if request.HasField("timeout"):
         duration = request.timeout
         timeout = duration.seconds + duration.nanos / 1e9
         if timeout <= 0 or abs(duration.nanos) >= 1_000_000_000:
             raise InvalidInput("timeout must be a positive duration")
-    return agent, session_id, user_id, to_python(request.input), checked_metadata(request.metadata), timeout
+    return to_python(request.input), checked_metadata(request.metadata), timeout
 
 
 def output_payload(output: Any, run_id: str) -> pb.Payload:
