@@ -115,7 +115,7 @@ class EventBuffer:
         return batch
 
     async def wait(self) -> None:
-        """Wait until there is an event to `pop`."""
+        """Wait until there are events to `pop_all`."""
         while not self._items:
             self._reader = asyncio.get_running_loop().create_future()
             await self._reader

@@ -46,9 +46,9 @@ class AgentRuntimeServicer:
         enter or leave, so none is entered: one coroutine pair less per call).
 
         When admission would refuse the run now, its refusal instead, so shedding load
-        costs less than serving: it is returned, not raised (an exception through these
-        frames cost a refusal a tenth of its CPU), as soon as the request has named its
-        agent and user, before the rest of the request is read or anything is built."""
+        costs less than serving: it is returned, not raised (no exception of ours on the
+        way to the abort), as soon as the request has named its agent and user, before
+        the rest of the request is read or anything is built."""
         agent, session_id, user_id = messages.run_ids(request)
         manager = self.manager
         spec = manager.agent(agent)
@@ -63,25 +63,21 @@ class AgentRuntimeServicer:
         runner = None
         try:
             run = self._run(request, context)
-            if type(run) is not Runner:
-                error = run
-            else:
+            if type(run) is Runner:
                 runner = run
                 output = await runner.invoke()
                 return messages.invoke_response(runner, output)
         except AgentRuntimeError as exc:
-            error = exc
+            await abort(context, exc)
         except Exception as exc:
-            error = unexpected(exc, runner.run_id if runner is not None else "")
-        await abort(context, error)
+            await abort(context, unexpected(exc, runner.run_id if runner is not None else ""))
+        await abort(context, run)  # refused by admission
 
     async def InvokeStream(self, request: Any, context: grpc.aio.ServicerContext) -> None:
         runner = None
         try:
             run = self._run(request, context)
-            if type(run) is not Runner:
-                error = run
-            else:
+            if type(run) is Runner:
                 async with run as runner:
                     async for batch in runner.event_batches():
                         for event in batch:
@@ -90,10 +86,10 @@ class AgentRuntimeServicer:
                         await runner.result()  # raises the run's error, for its status code
                 return
         except AgentRuntimeError as exc:
-            error = exc
+            await abort(context, exc)
         except Exception as exc:
-            error = unexpected(exc, runner.run_id if runner is not None else "")
-        await abort(context, error)
+            await abort(context, unexpected(exc, runner.run_id if runner is not None else ""))
+        await abort(context, run)  # refused by admission
 
     async def ListAgents(self, request: Any, context: grpc.aio.ServicerContext) -> pb.ListAgentsResponse:
         return pb.ListAgentsResponse(agents=[messages.agent_info(spec) for spec in self.manager.agents.values()])
