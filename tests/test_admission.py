@@ -13,6 +13,17 @@ from conftest import runtime_pb2 as pb
 from conftest import stub
 
 
+def gated():
+    """An agent named `blocked` whose runs wait until its gate (an asyncio.Event) is set."""
+    gate = asyncio.Event()
+
+    async def blocked(input):
+        await gate.wait()
+        return input
+
+    return blocked, gate
+
+
 class Gauge:
     """An agent that measures how many runs are inside it at once."""
 
@@ -48,12 +59,7 @@ async def test_200_concurrent_grpc_runs_never_exceed_4(serve, channel_to):
 
 
 async def test_full_queue_is_refused_at_once_with_retry_hint(serve, channel_to):
-    gate = asyncio.Event()
-
-    async def blocked(input):
-        await gate.wait()
-        return input
-
+    blocked, gate = gated()
     server = await serve(blocked, max_concurrency=2, max_queue=3)
     client = stub(channel_to(server.address))
     accepted = [asyncio.ensure_future(client.Invoke(pb.InvokeRequest(input=pb.Payload(text="x"))))
@@ -76,12 +82,7 @@ async def test_full_queue_is_refused_at_once_with_retry_hint(serve, channel_to):
 async def test_load_is_shed_before_the_rest_of_the_request_is_read(serve, channel_to):
     """Over capacity, a request is refused once it has named its agent and user: its input
     is read (and found wanting) only when a slot is free."""
-    gate = asyncio.Event()
-
-    async def blocked(input):
-        await gate.wait()
-        return input
-
+    blocked, gate = gated()
     server = await serve(blocked, max_concurrency=1, max_queue=0)
     client = stub(channel_to(server.address))
     holder = asyncio.ensure_future(client.Invoke(pb.InvokeRequest(input=pb.Payload(text="x"))))
@@ -128,12 +129,7 @@ async def test_check_says_what_take_would_do_and_takes_nothing():
 
 
 async def test_queue_wait_limit(serve, channel_to):
-    gate = asyncio.Event()
-
-    async def blocked(input):
-        await gate.wait()
-        return input
-
+    blocked, gate = gated()
     server = await serve(blocked, max_concurrency=1, max_queue=5, queue_timeout=0.2)
     client = stub(channel_to(server.address))
     first = asyncio.ensure_future(client.Invoke(pb.InvokeRequest(input=pb.Payload(text="x"))))
