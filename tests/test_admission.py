@@ -10,7 +10,7 @@ import pytest
 from agent_runtime import Draining, Overloaded, SessionManager
 from agent_runtime.admission import Admission
 from conftest import runtime_pb2 as pb
-from conftest import stub
+from conftest import stub, wait_until
 
 
 def gated():
@@ -65,8 +65,7 @@ async def test_full_queue_is_refused_at_once_with_retry_hint(serve, channel_to):
     accepted = [asyncio.ensure_future(client.Invoke(pb.InvokeRequest(input=pb.Payload(text="x"))))
                 for _ in range(5)]
     admission = server.manager.admission
-    while admission.in_use + admission.waiting < 5:
-        await asyncio.sleep(0.01)
+    await wait_until(lambda: admission.in_use + admission.waiting >= 5, "5 runs admitted or queued")
     for _ in range(3):
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await client.Invoke(pb.InvokeRequest(input=pb.Payload(text="x")), timeout=10)
@@ -86,8 +85,7 @@ async def test_load_is_shed_before_the_rest_of_the_request_is_read(serve, channe
     server = await serve(blocked, max_concurrency=1, max_queue=0)
     client = stub(channel_to(server.address))
     holder = asyncio.ensure_future(client.Invoke(pb.InvokeRequest(input=pb.Payload(text="x"))))
-    while not server.manager.admission.in_use:
-        await asyncio.sleep(0.01)
+    await wait_until(lambda: server.manager.admission.in_use, "the slot taken")
     no_input = pb.InvokeRequest(metadata={"": "an empty key"})
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await client.Invoke(no_input, timeout=10)
@@ -133,8 +131,7 @@ async def test_queue_wait_limit(serve, channel_to):
     server = await serve(blocked, max_concurrency=1, max_queue=5, queue_timeout=0.2)
     client = stub(channel_to(server.address))
     first = asyncio.ensure_future(client.Invoke(pb.InvokeRequest(input=pb.Payload(text="x"))))
-    while not server.manager.admission.in_use:
-        await asyncio.sleep(0.01)
+    await wait_until(lambda: server.manager.admission.in_use, "the slot taken")
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await client.Invoke(pb.InvokeRequest(input=pb.Payload(text="y")), timeout=10)
     assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED

@@ -11,6 +11,7 @@ import pytest
 
 import interop_agents
 from certs import CA
+from conftest import wait_until
 from agent_runtime import Blob, SessionManager
 from agent_runtime.client import (AgentRuntimeClient, CallError, ClientConfig, RunResult,
                                   SyncAgentRuntimeClient)
@@ -90,8 +91,7 @@ async def test_over_capacity_without_retries_reports_the_retry_hint(serve):
     server = await serve(interop_agents.slow, max_concurrency=1, max_queue=0)
     async with AgentRuntimeClient(server.address, max_attempts=1) as client:
         holder = asyncio.ensure_future(client.invoke("1"))
-        while not server.manager.admission.in_use:
-            await asyncio.sleep(0.01)
+        await wait_until(lambda: server.manager.admission.in_use, "the slot taken")
         with pytest.raises(CallError) as info:
             await client.invoke("0")
         assert info.value.code is grpc.StatusCode.RESOURCE_EXHAUSTED
@@ -104,8 +104,7 @@ async def test_a_call_refused_over_capacity_is_retried_until_a_slot_is_free(serv
     server = await serve(interop_agents.slow, max_concurrency=1, max_queue=0)
     async with AgentRuntimeClient(server.address, max_attempts=5, initial_backoff=0.2, max_backoff=0.5) as client:
         holder = asyncio.ensure_future(client.invoke("0.4"))
-        while not server.manager.admission.in_use:
-            await asyncio.sleep(0.01)
+        await wait_until(lambda: server.manager.admission.in_use, "the slot taken")
         assert (await client.invoke("0")).output == "slept 0s"
         assert (await holder).output == "slept 0.4s"
     assert server.manager.admission.rejected["slow"] >= 1
