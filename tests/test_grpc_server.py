@@ -7,7 +7,7 @@ import pytest
 from google.protobuf import struct_pb2
 
 from conftest import runtime_pb2 as pb
-from conftest import free_port, stub
+from conftest import free_port, stub, wait_until
 
 SERVE_ARGS = ("--agent", "agent_runtime.echo:echo_agent", "--agent", "agents_for_tests:counting_stream",
               "--agent", "agents_for_tests:failing")
@@ -138,3 +138,21 @@ async def test_only_run_methods_are_registered_in_advance_and_every_method_answe
     assert reply.message.bytes == b"hi"
     check = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
     assert check.status == health_pb2.HealthCheckResponse.SERVING
+
+
+async def test_serve_freezes_the_startup_heap_while_it_serves_and_thaws_it_after():
+    """serve() (a process's main) moves start-up objects out of the collector's sight; the
+    freeze is undone when it returns, so an embedding process is left as it was."""
+    import asyncio
+    import gc
+
+    from agent_runtime import RuntimeServer
+    from agent_runtime.config import ServerConfig
+
+    server = RuntimeServer(config=ServerConfig(host="127.0.0.1", port=0, metrics_port=0))
+    frozen: list[int] = []
+    serving = asyncio.ensure_future(server.serve(announce=lambda address: frozen.append(gc.get_freeze_count())))
+    await wait_until(lambda: frozen, "serve() to announce its address")
+    await server.stop(drain_timeout=0)
+    assert await asyncio.wait_for(serving, 10) == 0
+    assert frozen[0] > 0 and gc.get_freeze_count() == 0

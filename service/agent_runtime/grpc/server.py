@@ -23,6 +23,7 @@ the host calls `plugin.GRPCController/Shutdown`.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import signal
@@ -267,6 +268,7 @@ class RuntimeServer:
         Returns the process exit code: 0 after a drain, 128 + the signal number
         when a second signal cut the drain short."""
         address = await self.start()
+        _freeze_startup_heap()
         loop = asyncio.get_running_loop()
         signals: list[int] = []
         stopping: list[asyncio.Future] = []
@@ -291,6 +293,7 @@ class RuntimeServer:
             for signum in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(signum)
             await self.abort()
+            gc.unfreeze()
         return 128 + signals[1] if len(signals) > 1 else 0
 
 
@@ -299,6 +302,16 @@ _NEVER_MS = 2**31 - 1  # gRPC's "infinite" for millisecond channel arguments
 
 def _ms(seconds: float) -> int:
     return round(seconds * 1000)
+
+
+def _freeze_startup_heap() -> None:
+    """Move what start-up built (modules, protobuf descriptors, the server itself) out
+    of the garbage collector's sight, as preforking servers do: the older generations'
+    collections then walk what calls make, not the whole heap (measured with callgrind,
+    7.6k of 407k instructions a unary Invoke, about 2 %). Cyclic garbage of start-up is
+    collected first, so nothing is kept that would have been freed."""
+    gc.collect()
+    gc.freeze()
 
 
 def _announce(address: str) -> None:
