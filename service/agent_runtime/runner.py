@@ -46,15 +46,14 @@ logger = logging.getLogger("agent_runtime.run")
 _END_STATUS = {RunTimeout: RunStatus.TIMEOUT, RunCancelled: RunStatus.CANCELLED}
 
 
-_NOT_STARTED = object()
 _new_event = tuple.__new__
 
 
 @types.coroutine
-def _drive(context: contextvars.Context, coro: Coroutine[Any, Any, Any], runner: "Runner | None" = None,
-           pending: Any = _NOT_STARTED) -> Any:
-    """Await `coro`, stepping it in `context` as a task of its own would, but inside the
-    awaiting task; `pending` is what a started `coro` waits on.
+def _drive(context: contextvars.Context, coro: Coroutine[Any, Any, Any], pending: Any,
+           runner: "Runner | None" = None) -> Any:
+    """Await `coro`, which has taken its first step and waits on `pending`, stepping it
+    in `context` as a task of its own would, but inside the awaiting task.
 
     What is thrown at the awaiting task (a cancellation) goes on into `coro`. Once a
     cancellation is outstanding (this run's, its caller's, or one of the agent's own
@@ -63,8 +62,6 @@ def _drive(context: contextvars.Context, coro: Coroutine[Any, Any, Any], runner:
     caller and `coro` goes on in a task of its own (`_detached`), undisturbed."""
     step = context.run
     try:
-        if pending is _NOT_STARTED:
-            pending = step(coro.send, None)
         while True:
             waited = pending
             if runner is not None:
@@ -100,19 +97,37 @@ def _stand_in(future: asyncio.Future) -> asyncio.Future:
 
 async def _detached(context: contextvars.Context, coro: Coroutine[Any, Any, Any], pending: Any) -> None:
     try:
-        await _drive(context, coro, pending=pending)
+        await _drive(context, coro, pending)
     except (AgentRuntimeError, asyncio.CancelledError):
         pass  # the run has ended; how its abandoned agent ends at last is moot
 
 
 class Runner:
-    """Async context manager for one run: `async with session.run(input) as runner`."""
+    """Async context manager for one run: `async with session.run(input) as runner`.
 
-    __slots__ = ("session", "manager", "agent", "input", "metadata", "run_id", "context", "status",
-                 "queue_wait", "duration", "input_tokens", "output_tokens", "_timeout", "_deadline",
-                 "_task", "_inline", "_running", "_done", "_released", "_buffer", "_listeners", "_timer",
-                 "_grace_timer", "_seq", "_started", "_cancel_status", "_cancel_reason", "_cancels", "_cancelling", "_outcome",
-                 "_ended", "_abandoned", "_admitted")
+    What every run sets lives in slots; what only some runs need (their timers,
+    cancellation, listeners, streaming) is read from the class defaults below until a
+    run sets it, so a run that needs none of it never pays for it."""
+
+    __slots__ = ("session", "manager", "agent", "input", "metadata", "run_id", "context", "status", "duration",
+                 "_timeout", "_task", "_inline", "_running", "_started", "_ended", "_admitted", "_outcome", "__dict__")
+
+    queue_wait = 0.0
+    input_tokens = 0
+    output_tokens = 0
+    _deadline: float | None = None
+    _done: asyncio.Future | None = None
+    _released: asyncio.Future | None = None
+    _buffer: EventBuffer | None = None  # the caller's stream, one of the listeners
+    _listeners: tuple[EventSink, ...] = ()
+    _timer: asyncio.TimerHandle | None = None
+    _grace_timer: asyncio.TimerHandle | None = None
+    _seq = 0
+    _cancel_status: RunStatus | None = None
+    _cancel_reason: type[AgentRuntimeError] = RunCancelled
+    _cancels = 0  # cancels this run asked of its caller's task, undone when it ends
+    _cancelling = 0  # the caller's task's outstanding cancels when the run began
+    _abandoned = False
 
     def __init__(self, session: "Session", agent: AgentSpec, input: Any, *,
                  metadata: Mapping[str, str] | None = None, timeout: float | None = None) -> None:
@@ -124,31 +139,16 @@ class Runner:
         self.run_id = new_id()
         self.context: RunContext | None = None
         self.status: RunStatus | None = None
-        self.queue_wait = 0.0
         self.duration = 0.0
-        self.input_tokens = 0
-        self.output_tokens = 0
-        self._timeout = min(filter(None, (timeout, agent.timeout, manager.default_timeout)), default=None)
-        self._deadline: float | None = None
-        self._task: asyncio.Task | None = None  # the task the agent executes in:
-        self._inline = False  # the caller's own (result()) or the run's (events())
+        limits = [limit for limit in (timeout, agent.timeout, manager.default_timeout) if limit]
+        self._timeout = min(limits) if limits else None
+        self._task: asyncio.Task | None = None  # the task the agent executes in: the caller's
+        self._inline = False  # own (result()) or the run's (events())
         self._running = False
-        self._done: asyncio.Future | None = None
-        self._released: asyncio.Future | None = None
-        self._buffer: EventBuffer | None = None  # the caller's stream, one of the listeners
-        self._listeners: tuple[EventSink, ...] = ()
-        self._timer: asyncio.TimerHandle | None = None
-        self._grace_timer: asyncio.TimerHandle | None = None
-        self._seq = 0
         self._started = 0.0
-        self._cancel_status: RunStatus | None = None
-        self._cancel_reason: type[AgentRuntimeError] = RunCancelled
-        self._cancels = 0  # cancels this run asked of its caller's task, undone when it ends
-        self._cancelling = 0  # the caller's task's outstanding cancels when the run began
-        self._outcome: tuple[bool, Any] = (False, None)  # of an inline run, for a second result()
         self._ended = False
-        self._abandoned = False
         self._admitted = False
+        self._outcome: tuple[bool, Any] = (False, None)  # of an inline run, for a second result()
 
     # -- admission ---------------------------------------------------------
     async def __aenter__(self) -> "Runner":
@@ -252,24 +252,39 @@ class Runner:
         if task is None:
             raise RuntimeError("Runner.result() must be awaited in a task")
         self._task, self._inline = task, True
-        cancelling = self._cancelling = task.cancelling()
+        cancelling = task.cancelling()
+        if cancelling:
+            self._cancelling = cancelling
         context = self._begin(streaming=False)
         try:
-            output = await _drive(context, self._execute(), self)
+            coro = context.run(self._agent_coroutine)
+            try:
+                # The first step at once, as asyncio's eager tasks take it: an agent that
+                # finishes without waiting needs nothing more.
+                pending = context.run(coro.send, None)
+            except StopIteration as stop:
+                output = stop.value
+            else:
+                output = await _drive(context, coro, pending, self)
+        except BaseException as exc:
+            failure = context.run(self._failed, exc)
+            if isinstance(failure, asyncio.CancelledError):
+                # Cancels this run asked for (timeout, CancelRun, drain) end as its error; a
+                # cancellation of the caller itself goes on.
+                self._uncancel()
+                if task.cancelling() > cancelling or self._cancel_status is None:
+                    raise
+                failure = self._cancel_error()
+                self._outcome = (False, failure)
+                raise failure from None
+            self._outcome = (False, failure)
+            if failure is exc:
+                raise
+            raise failure from exc
+        else:
+            self._end_in(context, RunStatus.OK, output)
             self._outcome = (True, output)
             return output
-        except asyncio.CancelledError:
-            # Cancels this run asked for (timeout, CancelRun, drain) end as its error; a
-            # cancellation of the caller itself goes on.
-            self._uncancel()
-            if task.cancelling() > cancelling or self._cancel_status is None:
-                raise
-            error = self._cancel_error()
-            self._outcome = (False, error)
-            raise error from None
-        except BaseException as exc:
-            self._outcome = (False, exc)
-            raise
         finally:
             if self._cancels:
                 self._uncancel()
@@ -363,34 +378,44 @@ class Runner:
             self._timer = loop.call_at(self._deadline, self._cancel, RunStatus.TIMEOUT)
         return context
 
-    async def _execute(self) -> Any:
-        status, output, error = RunStatus.ERROR, None, ""
+    def _agent_coroutine(self) -> Coroutine[Any, Any, Any]:
+        """The coroutine that runs the agent on the run's input, whatever kind it is."""
         agent = self.agent
+        if agent.kind is CallKind.COROUTINE:
+            return agent.call(self.input)
+        if agent.kind is CallKind.STREAM:
+            return self._drain(agent.call(self.input))
+        return self.manager.threads.call(agent.call, self.input)
+
+    async def _execute(self) -> Any:
+        """The agent's run in a task of its own (events()), ended as result() ends it inline."""
         try:
-            if agent.kind is CallKind.COROUTINE:
-                output = await agent.call(self.input)
-            elif agent.kind is CallKind.STREAM:
-                output = await self._drain(agent.call(self.input))
-            else:
-                output = await self.manager.threads.call(agent.call, self.input)
-            status = RunStatus.OK
-            return output
-        except asyncio.CancelledError:
-            status = self._cancel_status or RunStatus.CANCELLED
-            error = self._cancel_error().message
-            raise
-        except AgentRuntimeError as exc:
-            status = _END_STATUS.get(type(exc), RunStatus.ERROR)
-            error = exc.message
+            output = await self._agent_coroutine()
+        except BaseException as exc:
+            failure = self._failed(exc)
+            if failure is exc:
+                raise
+            raise failure from exc
+        self._end(RunStatus.OK, output, "")
+        return output
+
+    def _failed(self, exc: BaseException) -> BaseException:
+        """End the run for what its agent raised; returns what its caller gets: a
+        cancellation or a domain error as raised (with this run's id), anything else
+        (`SystemExit` and `KeyboardInterrupt` too: they end this run only) as AgentError."""
+        if isinstance(exc, asyncio.CancelledError):
+            self._end(self._cancel_status or RunStatus.CANCELLED, None, self._cancel_error().message)
+            return exc
+        if isinstance(exc, AgentRuntimeError):
             exc.run_id = exc.run_id or self.run_id
-            raise
-        except BaseException as exc:  # SystemExit, KeyboardInterrupt too: they end this run only
-            logger.error("run %s of agent %r failed", self.run_id, agent.name, exc_info=exc)
-            error = (f"agent {agent.name!r} failed with {type(exc).__name__}; "
-                     f"see the server log for run {self.run_id}")
-            raise AgentError(error, run_id=self.run_id) from exc
-        finally:
-            self._end(status, output, error)
+            self._end(_END_STATUS.get(type(exc), RunStatus.ERROR), None, exc.message)
+            return exc
+        name = self.agent.name
+        logger.error("run %s of agent %r failed", self.run_id, name, exc_info=exc)
+        error = AgentError(f"agent {name!r} failed with {type(exc).__name__}; "
+                           f"see the server log for run {self.run_id}", run_id=self.run_id)
+        self._end(RunStatus.ERROR, None, error.message)
+        return error
 
     async def _drain(self, stream: Any) -> Any:
         chunks = []
@@ -472,6 +497,13 @@ class Runner:
                 "queue_wait": self.queue_wait, "input_tokens": self.input_tokens,
                 "output_tokens": self.output_tokens})
         self._ended = True
+
+    def _end_in(self, context: contextvars.Context, status: RunStatus, output: Any) -> None:
+        """`_end` of an inline run, in the run's context when a sink sees its run.end."""
+        if self._wanted(status):
+            context.run(self._end, status, output, "")
+        else:
+            self._end(status, output, "")
 
     # -- cancellation ------------------------------------------------------
     def _on_task_done(self, task: asyncio.Task) -> None:
