@@ -33,6 +33,7 @@ class Admission:
         self._waiters: deque[asyncio.Future] = deque()
         self._per_user: dict[str, int] = {}
         self._hold_ewma = 0.1
+        self._full: tuple[tuple[int, int] | None, str] = (None, "")
 
     @property
     def waiting(self) -> int:
@@ -60,9 +61,16 @@ class Admission:
         waiters = self._waiters
         if self.limit and (self.in_use >= self.limit or waiters) and len(waiters) >= self.max_queue:
             self._refused(label)  # refused here: no coroutine for a refusal
-            return Overloaded(f"over capacity: every slot (max_concurrency {self.limit}) is taken and "
-                              f"the queue is full (max_queue {self.max_queue})", retry_after=self._retry_after())
+            return Overloaded(self._full_message(), retry_after=self._retry_after())
         return None
+
+    def _full_message(self) -> str:
+        """Why a run is refused when slots and queue are full (made once per limits)."""
+        limits = (self.limit, self.max_queue)
+        if self._full[0] != limits:
+            self._full = (limits, f"over capacity: every slot (max_concurrency {self.limit}) is taken "
+                                  f"and the queue is full (max_queue {self.max_queue})")
+        return self._full[1]
 
     def check(self, user_id: str = "", label: str = "") -> bool:
         """Whether a run would get a slot at once (True) or wait in the queue (False);

@@ -9,10 +9,15 @@ from __future__ import annotations
 
 
 class AgentRuntimeError(Exception):
-    """Base class: `message` is safe to show to a caller."""
+    """Base class: `message` is safe to show to a caller.
+
+    Slotted, and `args` left as `BaseException.__new__` sets them (the message): a
+    refusal over capacity is built for every refused call, and an instance dict and a
+    `super().__init__` chain were most of what building one cost."""
+
+    __slots__ = ("message", "run_id")
 
     def __init__(self, message: str, *, run_id: str = "") -> None:
-        super().__init__(message)
         self.message = message
         self.run_id = run_id
 
@@ -28,8 +33,11 @@ class AgentNotFound(AgentRuntimeError):
 class Overloaded(AgentRuntimeError):
     """Admission refused the run: queue full, queue wait exceeded or per-user cap."""
 
+    __slots__ = ("retry_after",)
+
     def __init__(self, message: str, *, retry_after: float, run_id: str = "") -> None:
-        super().__init__(message, run_id=run_id)
+        self.message = message
+        self.run_id = run_id
         self.retry_after = retry_after
 
 

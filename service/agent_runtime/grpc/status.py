@@ -31,6 +31,9 @@ STATUS_CODES: dict[type[AgentRuntimeError], grpc.StatusCode] = {
 
 
 def status_code(exc: AgentRuntimeError) -> grpc.StatusCode:
+    code = STATUS_CODES.get(type(exc))
+    if code is not None:
+        return code
     for cls in type(exc).__mro__:
         code = STATUS_CODES.get(cls)
         if code is not None:
@@ -40,12 +43,10 @@ def status_code(exc: AgentRuntimeError) -> grpc.StatusCode:
 
 def trailing_metadata(exc: AgentRuntimeError) -> tuple[tuple[str, str], ...]:
     """The run id of a failed run, and the retry hint of a refused one."""
-    metadata = []
-    if exc.run_id:
-        metadata.append((RUN_ID_KEY, exc.run_id))
+    metadata = ((RUN_ID_KEY, exc.run_id),) if exc.run_id else ()
     if isinstance(exc, Overloaded):
-        metadata.append((RETRY_PUSHBACK_KEY, str(max(1, round(exc.retry_after * 1000)))))
-    return tuple(metadata)
+        return (*metadata, (RETRY_PUSHBACK_KEY, str(int(exc.retry_after * 1000) or 1)))
+    return metadata
 
 
 async def abort(context: grpc.aio.ServicerContext, exc: AgentRuntimeError) -> None:
@@ -60,9 +61,12 @@ async def abort(context: grpc.aio.ServicerContext, exc: AgentRuntimeError) -> No
     has no status to send: it is cancelled."""
     if context.done():
         raise asyncio.CancelledError
+    metadata = trailing_metadata(exc)
+    kept = context.trailing_metadata()
+    if kept:
+        metadata = (*kept, *metadata)
     try:
-        await context.abort(status_code(exc), exc.message,
-                            trailing_metadata=(*(context.trailing_metadata() or ()), *trailing_metadata(exc)))
+        await context.abort(status_code(exc), exc.message, metadata)
     except grpc.aio.AbortError:
         raise
     except Exception:  # gRPC ended the call while the status was being sent
