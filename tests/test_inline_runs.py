@@ -162,8 +162,9 @@ async def test_concurrent_result_of_one_run_is_refused():
         assert await first == "x"
 
 
-async def test_invoke_admits_runs_and_frees_the_slot():
-    """`runner.invoke()` (how a unary call runs) is `async with runner: await runner.result()`."""
+async def test_result_admits_a_run_not_entered_and_frees_the_slot():
+    """`await runner.result()` without `async with` (how a unary call runs) admits the run
+    for as long as it runs, queueing as `async with` does."""
     release = asyncio.Event()
 
     async def agent(input):
@@ -173,7 +174,7 @@ async def test_invoke_admits_runs_and_frees_the_slot():
     manager = SessionManager(agent, max_concurrency=1, max_queue=1)
     session = manager.session()
     first, second = session.run("a"), session.run("b")
-    calls = [asyncio.ensure_future(first.invoke()), asyncio.ensure_future(second.invoke())]
+    calls = [asyncio.ensure_future(first.result()), asyncio.ensure_future(second.result())]
     await asyncio.sleep(0.01)
     assert manager.admission.in_use == 1 and manager.admission.waiting == 1
     release.set()
@@ -182,7 +183,7 @@ async def test_invoke_admits_runs_and_frees_the_slot():
     assert manager.admission.in_use == 0 and not manager.runs
 
 
-async def test_invoke_refused_holds_nothing():
+async def test_result_refused_holds_nothing():
     from agent_runtime import Overloaded
 
     hold = asyncio.Event()
@@ -193,11 +194,11 @@ async def test_invoke_refused_holds_nothing():
 
     manager = SessionManager(agent, max_concurrency=1, max_queue=0)
     session = manager.session()
-    holder = asyncio.ensure_future(session.run("a").invoke())
+    holder = asyncio.ensure_future(session.run("a").result())
     await asyncio.sleep(0.01)
     refused = session.run("b")
     with pytest.raises(Overloaded, match="over capacity"):
-        await refused.invoke()
+        await refused.result()
     assert manager.admission.in_use == 1 and list(manager.runs) != [refused.run_id]
     hold.set()
     assert await holder == "a"
@@ -205,14 +206,18 @@ async def test_invoke_refused_holds_nothing():
 
 
 async def test_a_run_is_admitted_once():
+    """A second result() gives the first one's outcome and takes no second slot; a
+    second `async with` raises."""
     async def agent(input):
         return input
 
-    manager = SessionManager(agent)
+    manager = SessionManager(agent, max_concurrency=1)
     runner = manager.session().run("x")
-    assert await runner.invoke() == "x"
+    assert await runner.result() == "x"
+    assert await runner.result() == "x"
+    assert manager.admission.in_use == 0 and not manager.runs
     with pytest.raises(RuntimeError, match="admitted once"):
-        await runner.invoke()
+        await runner.__aenter__()
     entered = manager.session().run("y")
     async with entered:
         with pytest.raises(RuntimeError, match="admitted once"):

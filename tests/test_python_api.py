@@ -216,12 +216,14 @@ async def test_failing_stream_raises_after_its_chunks():
     assert got == ["one"]
 
 
-async def test_result_needs_admission_and_start_once():
+async def test_result_admits_itself_events_need_admission_and_a_run_starts_once():
     manager = SessionManager(async_fn)
     session = manager.session()
-    runner = session.run("x")
+    assert await session.run("x").result() == "async x"
+    assert manager.admission.in_use == 0 and not manager.runs
     with pytest.raises(RuntimeError, match="async with session.run"):
-        await runner.result()
+        async for _ in session.run("x").events():
+            pass
     async with session.run("x") as runner:
         assert await runner.result() == "async x"
         assert await runner.result() == "async x"

@@ -83,15 +83,17 @@ class Admission:
     def take(self, user_id: str = "", label: str = "") -> bool:
         """Take a free slot at once (True), or say the run must `queue` for one (False);
         refusals as `check`'s. The common case costs no coroutine: callers await `queue`
-        only on False."""
-        free = self.check(user_id, label)
-        if self.per_user_limit and user_id:
-            self._per_user[user_id] = self._per_user.get(user_id, 0) + 1
-        if free:
-            self.in_use += 1
-            running = self.running
-            running[label] = running.get(label, 0) + 1
-        return free
+        only on False; a free slot with no per-user cap and no drain, not even a call."""
+        if self.draining or self.per_user_limit or (self.limit and (self.in_use >= self.limit or self._waiters)):
+            free = self.check(user_id, label)
+            if self.per_user_limit and user_id:
+                self._per_user[user_id] = self._per_user.get(user_id, 0) + 1
+            if not free:
+                return False
+        self.in_use += 1
+        running = self.running
+        running[label] = running.get(label, 0) + 1
+        return True
 
     async def queue(self, user_id: str = "", label: str = "") -> float:
         """Wait in the queue for a slot after `take` said False; returns the seconds waited."""
@@ -147,10 +149,14 @@ class Admission:
 
     def release(self, user_id: str = "", label: str = "", held_for: float = 0.0) -> None:
         """Give back a slot taken by `acquire`; `held_for` feeds the retry hint."""
-        self._forget_user(user_id)
+        if self.per_user_limit and user_id:
+            self._forget_user(user_id)
         self.running[label] -= 1
         self._hold_ewma += 0.05 * (held_for - self._hold_ewma)
-        self._release_slot()
+        if self._waiters:
+            self._release_slot()
+        else:
+            self.in_use -= 1
 
     def _release_slot(self) -> None:
         waiters = self._waiters

@@ -152,6 +152,8 @@ class Runner:
 
     # -- admission ---------------------------------------------------------
     async def __aenter__(self) -> "Runner":
+        if self._admitted or self._task is not None:
+            raise RuntimeError("a run is admitted once; start another with session.run()")
         if not self._take_slot():
             await self._queue_for_slot()
         return self
@@ -168,23 +170,9 @@ class Runner:
             self._released = asyncio.get_running_loop().create_future()
             await self._released
 
-    async def invoke(self) -> Any:
-        """`async with runner: return await runner.result()` in one coroutine, as a unary
-        call runs: the same admission, run and release without the two coroutines of
-        `async with`. (Once `result()` has begun, it frees the slot itself.)"""
-        if not self._take_slot():
-            await self._queue_for_slot()
-        try:
-            return await self.result()
-        finally:
-            if self._task is None:  # never started
-                self._release()
-
     def _take_slot(self) -> bool:
         """Hold a free slot at once (True), or say the run must queue for one (False);
         a refusal raises (`Overloaded`, `Draining`)."""
-        if self._admitted or self._task is not None:
-            raise RuntimeError("a run is admitted once; start another with session.run()")
         if not self.manager.admission.take(self.session.user_id, self.agent.name):
             return False
         self._hold()
@@ -232,7 +220,11 @@ class Runner:
 
     # -- the caller's side -------------------------------------------------
     async def result(self) -> Any:
-        """Run the agent and return its output (chunks joined for a streaming agent)."""
+        """Run the agent and return its output (chunks joined for a streaming agent).
+
+        A run not entered with `async with` is admitted here, for as long as it runs:
+        `await session.run(input).result()` is a whole run in one coroutine, as a unary
+        call runs it. Awaited again, it gives the same outcome."""
         if self._task is not None:
             if self._inline:  # awaited again: the same outcome
                 if self._running:
@@ -246,11 +238,11 @@ class Runner:
             except asyncio.CancelledError:
                 self._cancel_for_caller()
                 raise
-        if not self._admitted:
-            raise RuntimeError("use `async with session.run(...) as runner` before result()")
         task = asyncio.current_task()
         if task is None:
             raise RuntimeError("Runner.result() must be awaited in a task")
+        if not self._admitted and not self._take_slot():
+            await self._queue_for_slot()
         self._task, self._inline = task, True
         cancelling = task.cancelling()
         if cancelling:

@@ -65,7 +65,7 @@ class AgentRuntimeServicer:
             run = self._run(request, context)
             if type(run) is Runner:
                 runner = run
-                output = await runner.invoke()
+                output = await runner.result()
                 return messages.invoke_response(runner, output)
         except AgentRuntimeError as exc:
             await abort(context, exc)
