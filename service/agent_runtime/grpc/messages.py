@@ -145,11 +145,7 @@ def _started(run: RunContext, data: Mapping[str, Any], msg: pb.InvokeEvent) -> N
 
 
 def _chunk(run: RunContext, data: Mapping[str, Any], msg: pb.InvokeEvent) -> None:
-    chunk = data["chunk"]
-    if type(chunk) is str:  # a token: the hot path of a stream, without set_output's call
-        msg.chunk.text = chunk
-    else:
-        set_output(msg.chunk, chunk, run.run_id)
+    set_output(msg.chunk, data["chunk"], run.run_id)  # a text chunk is filled in event_message
 
 
 def _llm_started(run: RunContext, data: Mapping[str, Any], msg: pb.InvokeEvent) -> None:
@@ -193,6 +189,7 @@ def _ended(run: RunContext, data: Mapping[str, Any], msg: pb.InvokeEvent) -> Non
     ended.duration.CopyFrom(_duration(data["duration"]))
 
 
+_CHUNK_EVENT = EventType.CHUNK
 _FILL = {
     EventType.RUN_START: _started, EventType.CHUNK: _chunk, EventType.LLM_START: _llm_started,
     EventType.LLM_END: _llm_ended, EventType.TOOL_START: _tool_started,
@@ -201,7 +198,7 @@ _FILL = {
 
 
 def event_message(event: RunEvent) -> pb.InvokeEvent:
-    run, seq, type, when, data = event  # unpacked at once: a named tuple's fields are slow to read one by one
+    run, seq, kind, when, data = event  # unpacked at once: a named tuple's fields are slow to read one by one
     msg = pb.InvokeEvent()  # fields set one by one: quicker than keyword arguments
     msg.run_id = run.run_id
     msg.seq = seq
@@ -209,7 +206,12 @@ def event_message(event: RunEvent) -> pb.InvokeEvent:
     stamp = msg.time  # filled in place: half the cost of building a Timestamp and copying it
     stamp.seconds = seconds
     stamp.nanos = int((when - seconds) * 1e9)
-    _FILL[type](run, data, msg)
+    if kind is _CHUNK_EVENT:
+        chunk = data["chunk"]
+        if type(chunk) is str:  # a token: nearly every event of a stream, filled here
+            msg.chunk.text = chunk
+            return msg
+    _FILL[kind](run, data, msg)
     return msg
 
 
