@@ -204,8 +204,8 @@ class Runner:
         if self._admitted:
             self._admitted = False
             del self.manager._runs[self.run_id]
-            self.manager.admission.release(self.session.user_id, self.agent.name,
-                                           time.perf_counter() - self._started)
+            held = self.duration if self._ended else time.perf_counter() - self._started  # ended just now
+            self.manager.admission.release(self.session.user_id, self.agent.name, held)
         released = self._released
         if released is not None and not released.done():
             released.set_result(None)
