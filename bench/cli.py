@@ -24,7 +24,7 @@ from .harness import ROOT, Bench, Settings, VerificationError, log
 from .report import Section, chart, machine, markdown, terminal
 
 CORE_SECTIONS = ("unary", "streaming", "overload", "memory")
-OPTIONAL_SECTIONS = ("observability", "soak", "image")
+OPTIONAL_SECTIONS = ("observability", "soak", "image", "instructions")
 DEFAULT_OUT = ROOT / "docs" / "benchmarks.md"
 
 

@@ -1,6 +1,7 @@
 """What the benchmark needs beyond the runtime's virtualenv, installed on demand:
-h2load (Debian nghttp2-client), py-spy for `--profile`, and the NeMo Agent
-Toolkit in a virtualenv of its own under the user's cache directory."""
+h2load (Debian nghttp2-client), valgrind for instruction counts, py-spy for
+`--profile`, and the NeMo Agent Toolkit in a virtualenv of its own under the
+user's cache directory."""
 
 from __future__ import annotations
 
@@ -25,23 +26,33 @@ def _log(message: str) -> None:
     print(f"bench: {message}", file=sys.stderr, flush=True)
 
 
-def ensure_h2load() -> str:
-    """The h2load binary, installing Debian's nghttp2-client when it is missing."""
-    found = shutil.which("h2load")
+def _ensure_debian(command: str, package: str) -> str:
+    """`command`, installing Debian's `package` when it is missing."""
+    found = shutil.which(command)
     if found:
         return found
     if shutil.which("apt-get") is None:
-        raise SystemExit("bench: h2load is missing and apt-get is not available: install nghttp2-client")
+        raise SystemExit(f"bench: {command} is missing and apt-get is not available: install {package}")
     sudo = [] if os.geteuid() == 0 else ["sudo"]
-    _log("installing nghttp2-client (h2load)")
+    _log(f"installing {package} ({command})")
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     subprocess.run([*sudo, "apt-get", "update", "-q"], check=True, env=env)
-    subprocess.run([*sudo, "apt-get", "install", "-y", "-q", "--no-install-recommends", "nghttp2-client"],
+    subprocess.run([*sudo, "apt-get", "install", "-y", "-q", "--no-install-recommends", package],
                    check=True, env=env)
-    found = shutil.which("h2load")
+    found = shutil.which(command)
     if not found:
-        raise SystemExit("bench: nghttp2-client installed but h2load is not on PATH")
+        raise SystemExit(f"bench: {package} installed but {command} is not on PATH")
     return found
+
+
+def ensure_h2load() -> str:
+    """The h2load binary (Debian nghttp2-client)."""
+    return _ensure_debian("h2load", "nghttp2-client")
+
+
+def ensure_valgrind() -> str:
+    """valgrind, whose callgrind counts instructions (bench/instructions.py)."""
+    return _ensure_debian("valgrind", "valgrind")
 
 
 def ensure_py_spy() -> str:

@@ -29,7 +29,7 @@ def test_smoke_run_writes_a_verified_report(tmp_path):
     assert proc.returncode == 0, proc.stderr[-4000:]
     report = out.read_text()
     for heading in ("## Machine", "## Targets", "## Unary echo", "## Streaming runs of 100 chunks",
-                    "## Overload", "## Memory and liveness"):
+                    "## Overload", "## Memory and liveness", "## Instructions per call (callgrind)"):
         assert heading in report
     assert "| unary c=256 | (b) runtime |" in report
     assert "overload: rejected calls/s / served calls/s" in report
