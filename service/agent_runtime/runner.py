@@ -363,7 +363,7 @@ class Runner:
         context = contextvars.copy_context()
         context.run(_current.set, run)
         if self._wanted(EventType.RUN_START):
-            context.run(self.emit, EventType.RUN_START, {"queue_wait": self.queue_wait})
+            context.run(self._emit, EventType.RUN_START, EventType.RUN_START, {"queue_wait": self.queue_wait})
         if self._timeout is not None:
             loop = asyncio.get_running_loop()
             self._deadline = loop.time() + self._timeout
@@ -479,11 +479,13 @@ class Runner:
         return bool(self.manager.routes[route]) or bool(self._listeners)
 
     def _end(self, status: RunStatus, output: Any, error: str) -> None:
-        if self._ended:
-            return
+        if not self._ended:
+            self._ended_as(status, output, error, self._wanted(status))
+
+    def _ended_as(self, status: RunStatus, output: Any, error: str, wanted: bool) -> None:
         self.status = status
         self.duration = time.perf_counter() - self._started
-        if self._wanted(status):
+        if wanted:
             self._emit(status, EventType.RUN_END, {
                 "status": status, "output": output, "error": error, "duration": self.duration,
                 "queue_wait": self.queue_wait, "input_tokens": self.input_tokens,
@@ -492,10 +494,12 @@ class Runner:
 
     def _end_in(self, context: contextvars.Context, status: RunStatus, output: Any) -> None:
         """`_end` of an inline run, in the run's context when a sink sees its run.end."""
+        if self._ended:
+            return
         if self._wanted(status):
-            context.run(self._end, status, output, "")
+            context.run(self._ended_as, status, output, "", True)
         else:
-            self._end(status, output, "")
+            self._ended_as(status, output, "", False)
 
     # -- cancellation ------------------------------------------------------
     def _on_task_done(self, task: asyncio.Task) -> None:
