@@ -38,7 +38,6 @@ _SUMMARY = re.compile(r"^summary:\s*(\d+)", re.M)
 
 @dataclass(frozen=True)
 class Counted:
-    label: str
     instructions: int
     calls: int
 
@@ -74,7 +73,7 @@ class Callgrind:
         after = self.server.stats()
         subprocess.run(["callgrind_control", "--dump", pid], check=True, capture_output=True)
         confirmed = verify(self.server.name, before, after, result, expect, 1)
-        return Counted(self.server.name, _dumped_instructions(self.out, pid), confirmed)
+        return Counted(_dumped_instructions(self.out, pid), confirmed)
 
     def stop(self) -> None:
         self.bench.stop(self.server)
@@ -107,16 +106,14 @@ def _invoke(bench: Bench, body: bytes, name: str):
     return lambda server: Load(f"http://{server.address}{wire.INVOKE}", path, wire.GRPC_HEADERS)
 
 
-def _refusals(bench: Bench, calls: int) -> Counted:
+def _refusals(bench: Bench, agents: tuple[str, ...], echo, calls: int) -> Counted:
     """Refused calls of a runtime whose every slot is held by a slow run (as in the overload section)."""
-    agents = ("--agent", c.ECHO_AGENT, "--agent", c.SLOW_AGENT, "--max-concurrency", str(SLOTS))
     server = Callgrind(bench, c.runtime(*agents, "--max-queue", "0", label=f"{c.RUNTIME} rejecting"))
     hold = bench.body("hold.grpc", wire.invoke_body("3600", agent="slow"))
     held = HeldRuns(server.server, Load(f"http://{server.server.address}{wire.INVOKE_STREAM}", hold,
                                         wire.GRPC_HEADERS), count=SLOTS, connections=1, core=None)
     try:
-        return server.count(_invoke(bench, wire.invoke_body("hello", agent="echo"), "echo.grpc")(server.server),
-                            calls, expect="RESOURCE_EXHAUSTED")
+        return server.count(echo(server.server), calls, expect="RESOURCE_EXHAUSTED")
     finally:
         held.close()
         server.stop()
@@ -148,9 +145,9 @@ def run(bench: Bench) -> Section:
     runtime_stream = _counted(bench, c.unary_runtime(), stream, streams, warmup=20)
     log("instructions: refused and served calls")
     agents = ("--agent", c.ECHO_AGENT, "--agent", c.SLOW_AGENT, "--max-concurrency", str(SLOTS))
-    served = _counted(bench, c.runtime(*agents, "--max-queue", "1024", label=f"{c.RUNTIME} serving"),
-                      _invoke(bench, wire.invoke_body("hello", agent="echo"), "echo.grpc"), calls)
-    refused = _refusals(bench, calls)
+    echo = _invoke(bench, wire.invoke_body("hello", agent="echo"), "echo.grpc")
+    served = _counted(bench, c.runtime(*agents, "--max-queue", "1024", label=f"{c.RUNTIME} serving"), echo, calls)
+    refused = _refusals(bench, agents, echo, calls)
     section.notes += [
         f"Instructions the server executed per call ({calls:,} unary calls, {streams} streams of "
         f"{CHUNKS} chunks), counted by valgrind's callgrind after a warm-up, every call verified "
