@@ -165,15 +165,30 @@ async def fake_llm() -> AsyncIterator[Any]:
     await server.close()
 
 
-@pytest.fixture
-def spans():
-    """A tracer provider exporting to memory: `(provider, exporter)`; shut down at teardown."""
-    from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+@pytest.fixture(params=["sdk", "otlp"])
+def spans(request):
+    """A tracer provider and what it exported: `(provider, exporter)`, with
+    `exporter.get_finished_spans()`; shut down at teardown. Every test runs twice: with
+    the SDK's provider and its in-memory exporter, and with the runtime's own OTLP
+    tracer (otlp_tracer) exporting to a real OTLP/gRPC receiver on loopback."""
+    if request.param == "sdk":
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+        from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    yield provider, exporter
+        exporter = InMemorySpanExporter()
+        provider = TracerProvider()
+        provider.add_span_processor(SimpleSpanProcessor(exporter))
+        yield provider, exporter
+        provider.shutdown()
+        return
+    from otlp_spans import ExportedSpans, OtlpReceiver
+
+    from agent_runtime import otlp_tracer
+
+    receiver = OtlpReceiver()
+    provider = otlp_tracer.TracerProvider.from_env({"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint},
+                                                   {"service.name": "test"})
+    yield provider, ExportedSpans(provider, receiver)
     provider.shutdown()
+    receiver.stop()

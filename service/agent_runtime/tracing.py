@@ -237,22 +237,31 @@ def _exporter(name: str, environ: Mapping[str, str]) -> Any:
 def provider_from_env(environ: Mapping[str, str] | None = None) -> Any:
     """A TracerProvider exporting as the OTEL_* variables say, or None when they ask for none.
 
-    The SDK and exporters read the rest of their settings (endpoint, headers, sampler
-    `OTEL_TRACES_SAMPLER`, batch sizes, `OTEL_SERVICE_NAME`, resource attributes) from
-    the environment themselves. The caller owns the provider and shuts it down.
+    OTLP export (the default exporter) is `otlp_tracer`'s: it reads the exporter,
+    sampler (`OTEL_TRACES_SAMPLER`), batch and span-limit variables itself. The console
+    exporter is the SDK's. The resource is the SDK's detection (`OTEL_SERVICE_NAME`,
+    `OTEL_RESOURCE_ATTRIBUTES`). The caller owns the provider and shuts it down.
     """
     environ = os.environ if environ is None else environ
     if not tracing_requested(environ):
         return None
     from opentelemetry.sdk.resources import SERVICE_NAME, Resource
-    from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
     names = [name.strip() for name in environ.get("OTEL_TRACES_EXPORTER", "otlp").split(",")]
-    exporters = [_exporter(name, environ) for name in names if name and name != "none"]
+    names = [name for name in names if name and name != "none"]
     resource = Resource.create()
     if str(resource.attributes.get(SERVICE_NAME, "")).startswith("unknown_service"):
         resource = resource.merge(Resource({SERVICE_NAME: DEFAULT_SERVICE_NAME}))
+    if set(names) == {"otlp"}:
+        from .otlp_tracer import TracerProvider as OtlpTracerProvider
+
+        provider = OtlpTracerProvider.from_env(environ, resource.attributes)
+        logger.info("tracing on: exporting spans over OTLP to %s", provider.export.transport.endpoint)
+        return provider
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+    exporters = [_exporter(name, environ) for name in names]
     provider = TracerProvider(resource=resource)
     for exporter in exporters:
         provider.add_span_processor(BatchSpanProcessor(exporter))

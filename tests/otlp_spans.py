@@ -1,0 +1,119 @@
+"""An OTLP/gRPC trace receiver on loopback, and the spans it got read back as the
+SDK's `ReadableSpan`s read, so one test body checks both tracer providers."""
+
+from __future__ import annotations
+
+import threading
+from concurrent import futures
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
+from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags, TraceState
+
+
+class OtlpReceiver(trace_service_pb2_grpc.TraceServiceServicer):
+    """A real gRPC server in threads of its own, so a caller blocking its event loop in
+    `force_flush` still gets its answer."""
+
+    def __init__(self) -> None:
+        self.requests: list[trace_service_pb2.ExportTraceServiceRequest] = []
+        self.metadata: list[dict[str, str]] = []
+        self.fail_next = 0  # UNAVAILABLE for this many calls first
+        self._lock = threading.Lock()
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+        trace_service_pb2_grpc.add_TraceServiceServicer_to_server(self, self.server)
+        self.port = self.server.add_insecure_port("127.0.0.1:0")
+        self.server.start()
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def Export(self, request, context):
+        with self._lock:
+            if self.fail_next:
+                self.fail_next -= 1
+                context.abort(grpc.StatusCode.UNAVAILABLE, "try again")
+            self.requests.append(request)
+            self.metadata.append(dict(context.invocation_metadata()))
+        return trace_service_pb2.ExportTraceServiceResponse()
+
+    def spans(self) -> list["ReceivedSpan"]:
+        with self._lock:
+            return [ReceivedSpan.of(span, resource.resource) for request in self.requests
+                    for resource in request.resource_spans for scope in resource.scope_spans
+                    for span in scope.spans]
+
+    def stop(self) -> None:
+        self.server.stop(grace=None)
+
+
+def value(any_value: Any) -> Any:
+    kind = any_value.WhichOneof("value")
+    if kind == "array_value":
+        return tuple(value(item) for item in any_value.array_value.values)
+    return getattr(any_value, kind) if kind else None
+
+
+def attributes(key_values: Any) -> dict[str, Any]:
+    return {kv.key: value(kv.value) for kv in key_values}
+
+
+@dataclass
+class ReceivedEvent:
+    name: str
+    timestamp: int
+    attributes: dict[str, Any]
+
+
+@dataclass
+class ReceivedSpan:
+    name: str
+    context: SpanContext
+    parent: SpanContext | None
+    kind: SpanKind
+    start_time: int
+    end_time: int
+    attributes: dict[str, Any]
+    events: list[ReceivedEvent]
+    status: Status
+    resource: dict[str, Any] = field(default_factory=dict)
+    links: list[tuple[SpanContext, dict[str, Any]]] = field(default_factory=list)
+    flags: int = 0
+    dropped_attributes: int = 0
+
+    @classmethod
+    def of(cls, span: Any, resource: Any) -> "ReceivedSpan":
+        trace_id = int.from_bytes(span.trace_id, "big")
+        state = TraceState.from_header([span.trace_state]) if span.trace_state else TraceState()
+        parent = None
+        if span.parent_span_id:
+            parent = SpanContext(trace_id, int.from_bytes(span.parent_span_id, "big"),
+                                 is_remote=bool(span.flags & 0x200))
+        return cls(
+            name=span.name,
+            context=SpanContext(trace_id, int.from_bytes(span.span_id, "big"), False,
+                                TraceFlags(span.flags & 0xFF), state),
+            parent=parent, kind=SpanKind(span.kind - 1),
+            start_time=span.start_time_unix_nano, end_time=span.end_time_unix_nano,
+            attributes=attributes(span.attributes),
+            events=[ReceivedEvent(e.name, e.time_unix_nano, attributes(e.attributes)) for e in span.events],
+            status=Status(StatusCode(span.status.code), span.status.message or None),
+            resource=attributes(resource.attributes),
+            links=[(SpanContext(int.from_bytes(link.trace_id, "big"), int.from_bytes(link.span_id, "big"), False,
+                                TraceFlags(link.flags & 0xFF)), attributes(link.attributes)) for link in span.links],
+            flags=span.flags, dropped_attributes=span.dropped_attributes_count)
+
+
+class ExportedSpans:
+    """The in-memory exporter's `get_finished_spans()`, read from the receiver after a flush."""
+
+    def __init__(self, provider: Any, receiver: OtlpReceiver) -> None:
+        self.provider = provider
+        self.receiver = receiver
+
+    def get_finished_spans(self) -> list[ReceivedSpan]:
+        self.provider.force_flush()
+        return self.receiver.spans()
