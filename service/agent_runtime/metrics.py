@@ -254,12 +254,13 @@ class MetricsSink:
 
 
 _RUN_START, _RUN_END, _CHUNK = EventType.RUN_START, EventType.RUN_END, EventType.CHUNK
+_OK = grpc.StatusCode.OK
 
 
 class _MethodMetrics:
     """The gRPC children of one method, bound when the method is registered."""
 
-    __slots__ = ("started", "handling", "handled", "_labels", "_family")
+    __slots__ = ("started", "handling", "handled", "_ok", "_labels", "_family")
 
     def __init__(self, metrics: "GrpcMetrics", labels: tuple[str, str, str]) -> None:
         self._labels = labels
@@ -267,7 +268,8 @@ class _MethodMetrics:
         self.started = metrics.started.child(*labels)
         self.handling = metrics.handling.child(*labels)
         # Other codes are bound on first use: most methods never see most codes.
-        self.handled = {grpc.StatusCode.OK: metrics.handled.child(*labels, "OK")}
+        self._ok = metrics.handled.child(*labels, "OK")
+        self.handled = {grpc.StatusCode.OK: self._ok}
 
     def begin(self, context: Any) -> float:
         self.started.value += 1
@@ -275,6 +277,9 @@ class _MethodMetrics:
 
     def end(self, started: float, code: grpc.StatusCode) -> None:
         self.handling.observe(time.perf_counter() - started)
+        if code is _OK:  # most calls; a StatusCode's hash is a Python-level call
+            self._ok.value += 1
+            return
         child = self.handled.get(code)
         if child is None:
             child = self.handled[code] = self._family.child(*self._labels, code.name)

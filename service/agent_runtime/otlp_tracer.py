@@ -117,26 +117,28 @@ def _attributes(tag: bytes, attributes: Mapping[str, Any]) -> bytes:
                      if value is not None])
 
 
-_text_attributes: dict[tuple[str, str], bytes] = {}
+_encoded_attributes: dict[tuple[str, Any], bytes] = {}
 
 
 def _span_attributes(attributes: Mapping[str, Any]) -> list[bytes]:
-    """A span's attribute fields. Those with text values are kept encoded: most repeat
-    on every span (method, agent, operation, status), and encoding was half of what a
-    span cost. Unique ones (run ids) fill the cache too, so it starts over when full."""
+    """A span's attribute fields. Those with text or whole-number values are kept encoded:
+    most repeat on every span (method, agent, operation, status), and encoding them was
+    half of what a span cost. Unique ones (run ids) fill the cache too, so it starts
+    over when full."""
     fields = []
-    cache = _text_attributes
-    for key, value in attributes.items():
-        if type(value) is str:
-            field = cache.get((key, value))
+    cache = _encoded_attributes
+    for item in attributes.items():
+        kind = type(item[1])
+        if kind is str or kind is int:  # exactly: True and 1.0 are equal to 1, but not encoded as it
+            field = cache.get(item)
             if field is None:
                 if len(cache) >= _CACHE_LIMIT:
                     cache.clear()
-                field = cache[key, value] = _delimited(b"\x4a", _key_value(key, value))
-        elif value is None:
+                field = cache[item] = _delimited(b"\x4a", _key_value(*item))
+        elif item[1] is None:
             continue
         else:
-            field = _delimited(b"\x4a", _key_value(key, value))
+            field = _delimited(b"\x4a", _key_value(*item))
         fields.append(field)
     return fields
 
@@ -225,8 +227,9 @@ class Span(trace.Span):
 
     def get_span_context(self) -> SpanContext:
         context = self._context
-        if context is None:
-            context = self._context = SpanContext(self.trace_id, self.span_id, False, _SAMPLED, self._trace_state)
+        if context is None:  # SpanContext's own __new__ only checks what start_span made valid
+            context = self._context = _new_tuple(SpanContext, (
+                self.trace_id, self.span_id, False, _SAMPLED, self._trace_state, True))
         return context
 
     def is_recording(self) -> bool:
@@ -242,8 +245,16 @@ class Span(trace.Span):
         attributes[key] = value
 
     def set_attributes(self, attributes: Mapping[str, Any]) -> None:
+        if self._end:
+            return
+        own = self._attributes
+        limit = self._tracer.limits[0]
         for key, value in attributes.items():
-            self.set_attribute(key, value)
+            if value is not None:
+                if key not in own and len(own) >= limit:
+                    self._dropped += 1
+                else:
+                    own[key] = value
 
     def add_event(self, name: str, attributes: Mapping[str, Any] | None = None,
                   timestamp: int | None = None) -> None:
@@ -295,18 +306,21 @@ class Span(trace.Span):
             processor.on_end(self)
 
     def _encoded(self) -> bytes:
-        """This span as the `spans` field of a ScopeSpans message."""
+        """This span as the `spans` field of a ScopeSpans message (the hot path of tracing:
+        as few calls as it can take)."""
         parent = self._parent
         parts = [b"\x0a\x10", self.trace_id.to_bytes(16, "big"), b"\x12\x08", self.span_id.to_bytes(8, "big")]
-        if self._trace_state:
+        if self._trace_state is not _EMPTY_STATE and self._trace_state:
             parts.append(_delimited(b"\x1a", self._trace_state.to_header().encode()))
-        flags = 0x01 | _HAS_IS_REMOTE
+        flags = _LOCAL_PARENT
         if parent is not None:
             parts += (b"\x22\x08", parent.span_id.to_bytes(8, "big"))
             if type(parent) is not Span and parent.is_remote:
-                flags |= _IS_REMOTE
-        parts += (self._tracer.name_field(self._name), _KIND[self._kind],
-                  b"\x39", _fixed64(self._start), b"\x41", _fixed64(self._end))
+                flags = _REMOTE_PARENT
+        name = self._tracer.names.get(self._name)
+        if name is None:
+            name = self._tracer.name_field(self._name)
+        parts += (name, _KIND[id(self._kind)], _times(0x39, self._start, 0x41, self._end))
         if self._attributes:
             parts += _span_attributes(self._attributes)
         if self._events:
@@ -326,15 +340,23 @@ class Span(trace.Span):
             if status.description:
                 body = _delimited(b"\x12", status.description.encode("utf-8", "replace")) + body
             parts.append(_delimited(b"\x7a", body))
-        parts += (b"\x85\x01", _fixed32(flags))
-        return _delimited(b"\x12", b"".join(parts))
+        parts.append(flags)
+        body = b"".join(parts)
+        n = len(body)
+        return b"\x12" + (_SMALL[n] if n < 0x80 else _varint(n)) + body
 
     def __repr__(self) -> str:
         return f"Span({self._name!r}, trace_id=0x{self.trace_id:032x}, span_id=0x{self.span_id:016x})"
 
 
-# OTLP's SpanKind is the API's plus one (0 is UNSPECIFIED there).
-_KIND = {kind: b"\x30" + _SMALL[kind.value + 1] for kind in SpanKind}
+# OTLP's SpanKind is the API's plus one (0 is UNSPECIFIED there); by id, as an enum
+# member's hash is a Python-level call.
+_KIND = {id(kind): b"\x30" + _SMALL[kind.value + 1] for kind in SpanKind}
+# The flags field: sampled, and whether the parent is known to be remote (0x100) and is (0x200).
+_LOCAL_PARENT = b"\x85\x01" + _fixed32(0x01 | _HAS_IS_REMOTE)
+_REMOTE_PARENT = b"\x85\x01" + _fixed32(0x01 | _HAS_IS_REMOTE | _IS_REMOTE)
+_times = struct.Struct("<BQBQ").pack  # start and end, each with its field tag
+_new_tuple = tuple.__new__
 
 
 # -- sampling -------------------------------------------------------------------
@@ -376,14 +398,14 @@ class Tracer(trace.Tracer):
         self.limits = provider.limits
         self.scope = scope
         self._sample, self._parent_based = provider.sampler
-        self._names: dict[str, bytes] = {}
+        self.names: dict[str, bytes] = {}
 
     def name_field(self, name: str) -> bytes:
-        encoded = self._names.get(name)
+        encoded = self.names.get(name)
         if encoded is None:
             encoded = _delimited(b"\x2a", name.encode("utf-8", "replace"))
-            if len(self._names) < _CACHE_LIMIT:
-                self._names[name] = encoded
+            if len(self.names) < _CACHE_LIMIT:
+                self.names[name] = encoded
         return encoded
 
     def start_span(self, name: str, context: otel_context.Context | None = None,
@@ -415,7 +437,7 @@ class Tracer(trace.Tracer):
                 attributes = dict(list(attributes.items())[:limit])
         else:
             attributes, dropped = {}, 0
-        valid_links = tuple(link for link in links or () if link.context.is_valid)
+        valid_links = tuple(link for link in links if link.context.is_valid) if links else ()
         span = Span(self, name, kind, trace_id, span_id, parent, state, attributes, valid_links,
                     start_time or time.time_ns())
         if dropped > 0:

@@ -20,7 +20,7 @@ from typing import Any, Mapping
 import grpc
 from opentelemetry import context as otel_context
 from opentelemetry import trace
-from opentelemetry.trace import SpanKind, Status, StatusCode, format_trace_id
+from opentelemetry.trace import SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from .events import EventType, RunEvent, RunStatus
@@ -34,6 +34,10 @@ DEFAULT_SERVICE_NAME = "agent-runtime"
 _SERVER_ERRORS = frozenset({grpc.StatusCode.UNKNOWN, grpc.StatusCode.DEADLINE_EXCEEDED,
                             grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.INTERNAL,
                             grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DATA_LOSS})
+_OK = grpc.StatusCode.OK
+_SERVER, _INTERNAL = SpanKind.SERVER, SpanKind.INTERNAL
+_RUN_START, _RUN_END, _CHUNK = EventType.RUN_START, EventType.RUN_END, EventType.CHUNK
+_OK_ATTRIBUTES = {"rpc.response.status_code": "OK", "rpc.grpc.status_code": 0}
 _PROPAGATED = frozenset({"traceparent", "tracestate"})
 _PROPAGATOR = TraceContextTextMapPropagator()
 _PRIMITIVES = (str, bool, int, float)
@@ -51,22 +55,27 @@ class _RpcSpans:
                            "rpc.method": self.name, "rpc.service": service}
 
     def begin(self, context: grpc.aio.ServicerContext) -> tuple[trace.Span, object]:
-        carrier = {key: value for key, value in context.invocation_metadata() or ()
-                   if key in _PROPAGATED}
-        parent = _PROPAGATOR.extract(carrier) if carrier else None
-        span = self.tracer.start_span(self.name, context=parent, kind=SpanKind.SERVER,
-                                      attributes=self.attributes)
+        parent = None
+        for key, _ in context.invocation_metadata() or ():
+            if key in _PROPAGATED:  # a caller's trace to continue (most calls bring none)
+                parent = _PROPAGATOR.extract({key: value for key, value in context.invocation_metadata()
+                                              if key in _PROPAGATED})
+                break
+        span = self.tracer.start_span(self.name, context=parent, kind=_SERVER, attributes=self.attributes)
         token = otel_context.attach(trace.set_span_in_context(span, parent))
         trace_id = span.get_span_context().trace_id
         if trace_id:
-            context.set_trailing_metadata(((TRACE_ID_KEY, format_trace_id(trace_id)),))
+            context.set_trailing_metadata(((TRACE_ID_KEY, format(trace_id, "032x")),))
         return span, token
 
     def end(self, token: tuple[trace.Span, object], code: grpc.StatusCode) -> None:
         span, attached = token
-        span.set_attributes({"rpc.response.status_code": code.name, "rpc.grpc.status_code": code.value[0]})
-        if code in _SERVER_ERRORS:
-            span.set_status(Status(StatusCode.ERROR, code.name))
+        if code is _OK:  # most calls: no enum property or hash on the way
+            span.set_attributes(_OK_ATTRIBUTES)
+        else:
+            span.set_attributes({"rpc.response.status_code": code.name, "rpc.grpc.status_code": code.value[0]})
+            if code in _SERVER_ERRORS:
+                span.set_status(Status(StatusCode.ERROR, code.name))
         span.end()
         otel_context.detach(attached)
 
@@ -103,18 +112,18 @@ class TracingSink:
 
     def on_event(self, event: RunEvent) -> None:
         kind = event.type
-        if kind is EventType.RUN_START:
+        if kind is _RUN_START:
             self._start_run(event)
             return
         scratch = event.run.scratch
         span = scratch.get("span")
         if span is None:
             return
-        if kind is EventType.CHUNK:
+        if kind is _CHUNK:
             if "span_first_chunk" not in scratch:
                 scratch["span_first_chunk"] = True
                 span.add_event("first_chunk", timestamp=_ns(event.time))
-        elif kind is EventType.RUN_END:
+        elif kind is _RUN_END:
             self._end_run(event, span)
         elif kind is EventType.LLM_START:
             model = event.data.get("model") or ""
@@ -146,7 +155,7 @@ class TracingSink:
         # The span covers the wait for a slot too: it starts when the run asked for one,
         # and a run that had to wait marks when it got its slot.
         span = self.tracer.start_span(
-            f"invoke_agent {run.agent}", kind=SpanKind.INTERNAL, start_time=_ns(event.time - queue_wait),
+            f"invoke_agent {run.agent}", kind=_INTERNAL, start_time=_ns(event.time - queue_wait),
             attributes={"gen_ai.operation.name": "invoke_agent", "gen_ai.agent.name": run.agent,
                         "gen_ai.conversation.id": run.session_id, "agent_runtime.run.id": run.run_id,
                         "user.id": run.user_id, "agent_runtime.queue_wait": queue_wait})
@@ -155,7 +164,7 @@ class TracingSink:
         run.scratch["span"] = span
         trace_id = span.get_span_context().trace_id
         if trace_id:
-            run.scratch["trace_id"] = format_trace_id(trace_id)
+            run.scratch["trace_id"] = format(trace_id, "032x")
         # Current for the rest of the run's own task (whose context dies with it), so spans
         # the agent's code makes itself nest under the run.
         otel_context.attach(trace.set_span_in_context(span))
@@ -185,13 +194,14 @@ class TracingSink:
     def _end_run(self, event: RunEvent, span: trace.Span) -> None:
         data, scratch, end = event.data, event.run.scratch, _ns(event.time)
         status = data["status"]
-        leftovers = [child for _, child in scratch.pop("span_chats", ())]
-        leftovers += scratch.pop("span_tools", {}).values()
-        for child in leftovers:  # LLM or tool calls the run's end cut short
-            _fail(child, status.value if status is not RunStatus.OK else "unfinished",
-                  "the run ended before this call did")
-            child.end(end_time=end)
-        span.set_attributes({"agent_runtime.run.status": status.value,
+        if "span_chats" in scratch or "span_tools" in scratch:
+            leftovers = [child for _, child in scratch.pop("span_chats", ())]
+            leftovers += scratch.pop("span_tools", {}).values()
+            for child in leftovers:  # LLM or tool calls the run's end cut short
+                _fail(child, status.value if status is not RunStatus.OK else "unfinished",
+                      "the run ended before this call did")
+                child.end(end_time=end)
+        span.set_attributes({"agent_runtime.run.status": "ok" if status is RunStatus.OK else status.value,
                              "gen_ai.usage.input_tokens": data.get("input_tokens") or 0,
                              "gen_ai.usage.output_tokens": data.get("output_tokens") or 0})
         if status is not RunStatus.OK:
