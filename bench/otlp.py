@@ -1,4 +1,4 @@
-"""The OTLP receiver contender (c) exports to, as the harness sees it."""
+"""The OTLP receiver contender (c) exports to (OTLP/HTTP), as the harness sees it."""
 
 from __future__ import annotations
 

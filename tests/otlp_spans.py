@@ -17,14 +17,15 @@ class OtlpReceiver(trace_service_pb2_grpc.TraceServiceServicer):
     """A real gRPC server in threads of its own, so a caller blocking its event loop in
     `force_flush` still gets its answer."""
 
-    def __init__(self) -> None:
+    def __init__(self, credentials: grpc.ServerCredentials | None = None) -> None:
         self.requests: list[trace_service_pb2.ExportTraceServiceRequest] = []
         self.metadata: list[dict[str, str]] = []
         self.fail_next = 0  # UNAVAILABLE for this many calls first
         self._lock = threading.Lock()
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
         trace_service_pb2_grpc.add_TraceServiceServicer_to_server(self, self.server)
-        self.port = self.server.add_insecure_port("127.0.0.1:0")
+        self.port = (self.server.add_insecure_port("127.0.0.1:0") if credentials is None
+                     else self.server.add_secure_port("127.0.0.1:0", credentials))
         self.server.start()
 
     @property

@@ -13,6 +13,7 @@ import threading
 import time
 from http import HTTPStatus
 
+import grpc
 import pytest
 from opentelemetry import trace
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
@@ -20,6 +21,7 @@ from opentelemetry.sdk.trace import sampling
 from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags, TraceState
 
 from agent_runtime import otlp_tracer
+from certs import CA
 from otlp_spans import OtlpReceiver, ReceivedSpan
 
 REMOTE = SpanContext(0x0AF7651916CD43DD8448EB211C80319C, 0xB7AD6B7169203331, is_remote=True,
@@ -190,8 +192,9 @@ def test_a_full_batch_is_sent_at_once_with_the_headers(provider_for, receiver):
 def test_a_full_queue_drops_and_counts_and_shutdown_sends_the_rest_once(provider_for, receiver, caplog):
     provider = provider_for(OTEL_BSP_MAX_QUEUE_SIZE="5", OTEL_BSP_SCHEDULE_DELAY="600000")
     tracer = provider.get_tracer("t")
-    for index in range(8):
-        tracer.start_span(f"s{index}").end()
+    with provider.export._sending:  # the export thread, woken by the full queue, waits its turn
+        for index in range(8):
+            tracer.start_span(f"s{index}").end()
     assert provider.export.dropped == 3
     assert "export queue is full" in caplog.text
     provider.shutdown()
@@ -267,3 +270,23 @@ def test_http_export_posts_gzipped_protobuf_with_headers_and_retries_503(http_re
     assert headers["x-team"] == "core"
     request = trace_service_pb2.ExportTraceServiceRequest.FromString(gzip.decompress(body))
     assert request.resource_spans[0].scope_spans[0].spans[0].name == "posted"
+
+
+def test_grpc_export_over_mutual_tls(tmp_path):
+    ca = CA("otlp-test-ca")
+    server, client = ca.issue("localhost"), ca.issue("exporter", server=False)
+    receiver = OtlpReceiver(grpc.ssl_server_credentials([(server.key, server.cert)], root_certificates=ca.pem,
+                                                          require_client_auth=True))
+    (tmp_path / "ca.pem").write_bytes(ca.pem)
+    cert, key = client.write(tmp_path, "client")
+    provider = otlp_tracer.TracerProvider.from_env({
+        "OTEL_EXPORTER_OTLP_ENDPOINT": f"https://localhost:{receiver.port}",
+        "OTEL_EXPORTER_OTLP_CERTIFICATE": str(tmp_path / "ca.pem"), "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE": str(cert),
+        "OTEL_EXPORTER_OTLP_CLIENT_KEY": str(key), "OTEL_BSP_SCHEDULE_DELAY": "600000"}, {})
+    try:
+        provider.get_tracer("t").start_span("private").end()
+        assert provider.force_flush()
+        assert [span.name for span in receiver.spans()] == ["private"]
+    finally:
+        provider.shutdown()
+        receiver.stop()
