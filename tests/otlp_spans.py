@@ -3,6 +3,8 @@ SDK's `ReadableSpan`s read, so one test body checks both tracer providers."""
 
 from __future__ import annotations
 
+import gzip
+import http.server
 import threading
 from concurrent import futures
 from dataclasses import dataclass, field
@@ -49,6 +51,49 @@ class OtlpReceiver(trace_service_pb2_grpc.TraceServiceServicer):
 
     def stop(self) -> None:
         self.server.stop(grace=None)
+
+
+class HttpOtlpReceiver:
+    """An OTLP/HTTP (protobuf) trace receiver on loopback, in a thread of its own:
+    `requests` decoded (gzip too), `headers` of each; `fail_next` statuses answered first."""
+
+    def __init__(self) -> None:
+        self.requests: list[trace_service_pb2.ExportTraceServiceRequest] = []
+        self.headers: list[dict[str, str]] = []
+        self.fail_next: list[int] = []
+        receiver = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # keeps the connection, as exporters do
+
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                status = 404 if self.path != "/v1/traces" else receiver.fail_next.pop(0) if receiver.fail_next else 200
+                if status == 200:
+                    if self.headers.get("Content-Encoding") == "gzip":
+                        body = gzip.decompress(body)
+                    receiver.requests.append(trace_service_pb2.ExportTraceServiceRequest.FromString(body))
+                    receiver.headers.append(dict(self.headers))
+                self.send_response(status)
+                self.send_header("Content-Type", "application/x-protobuf")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self._httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+        self._thread.start()
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self._httpd.server_address[1]}"
+
+    def stop(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        self._thread.join()
 
 
 def value(any_value: Any) -> Any:

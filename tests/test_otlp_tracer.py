@@ -6,8 +6,6 @@ call is checked with it by test_tracing.py (the `spans` fixture runs both provid
 
 from __future__ import annotations
 
-import gzip
-import http.server
 import random
 import threading
 import time
@@ -22,7 +20,7 @@ from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode,
 
 from agent_runtime import otlp_tracer
 from certs import CA
-from otlp_spans import OtlpReceiver, ReceivedSpan
+from otlp_spans import HttpOtlpReceiver, OtlpReceiver, ReceivedSpan
 
 REMOTE = SpanContext(0x0AF7651916CD43DD8448EB211C80319C, 0xB7AD6B7169203331, is_remote=True,
                      trace_flags=TraceFlags(TraceFlags.SAMPLED), trace_state=TraceState([("vendor", "1")]))
@@ -224,51 +222,23 @@ def test_an_unreachable_receiver_costs_a_bounded_wait_and_loses_only_spans(caplo
     assert "exporting spans to 127.0.0.1:1 failed: UNAVAILABLE" in caplog.text
 
 
-@pytest.fixture
-def http_receiver():
-    received: list[tuple[dict[str, str], bytes]] = []
-    statuses = [503]  # the first request is told to come back
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"  # keeps the connection, as the exporter does
-
-        def do_POST(self) -> None:
-            body = self.rfile.read(int(self.headers["Content-Length"]))
-            status = statuses.pop() if statuses else 200
-            if status == 200:
-                received.append((dict(self.headers), body))
-            self.send_response(status)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-
-        def log_message(self, *args) -> None:
-            pass
-
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}", received
-    httpd.shutdown()
-    httpd.server_close()
-    thread.join()
-
-
-def test_http_export_posts_gzipped_protobuf_with_headers_and_retries_503(http_receiver):
-    endpoint, received = http_receiver
+def test_http_export_posts_gzipped_protobuf_with_headers_and_retries_503():
+    receiver = HttpOtlpReceiver()
+    receiver.fail_next = [503]  # the first request is told to come back
     provider = otlp_tracer.TracerProvider.from_env({
-        "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf", "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint + "/",
+        "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf", "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint + "/",
         "OTEL_EXPORTER_OTLP_COMPRESSION": "gzip", "OTEL_EXPORTER_OTLP_HEADERS": "x-team=core",
         "OTEL_BSP_SCHEDULE_DELAY": "600000"}, {"service.name": "svc"})
     try:
-        assert provider.export.transport.endpoint == endpoint + "/v1/traces"
+        assert provider.export.transport.endpoint == receiver.endpoint + "/v1/traces"
         provider.get_tracer("t").start_span("posted").end()
         assert provider.force_flush()
     finally:
         provider.shutdown()
-    ((headers, body),) = received
+        receiver.stop()
+    ((headers,), (request,)) = receiver.headers, receiver.requests
     assert headers["Content-Type"] == "application/x-protobuf" and headers["Content-Encoding"] == "gzip"
     assert headers["x-team"] == "core"
-    request = trace_service_pb2.ExportTraceServiceRequest.FromString(gzip.decompress(body))
     assert request.resource_spans[0].scope_spans[0].spans[0].name == "posted"
 
 

@@ -5,11 +5,9 @@ on by OTEL_* variables. The global tracer provider is never touched."""
 from __future__ import annotations
 
 import asyncio
-import http.server
 import os
 import subprocess
 import sys
-import threading
 
 import grpc
 import pytest
@@ -20,6 +18,7 @@ from agent_runtime import tracing
 from agent_runtime.echo import echo_agent
 from conftest import ROOT, runtime_pb2, stub, wait_until
 from observed import Scripted, request
+from otlp_spans import HttpOtlpReceiver
 
 CALLER_TRACE = "0af7651916cd43dd8448eb211c80319c"
 CALLER_SPAN = "b7ad6b7169203331"
@@ -224,28 +223,9 @@ async def otlp_grpc_receiver():
 @pytest.fixture
 def otlp_http_receiver():
     """An OTLP/HTTP (protobuf) trace receiver on loopback: `(endpoint, requests)`."""
-    received: list[trace_service_pb2.ExportTraceServiceRequest] = []
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            body = self.rfile.read(int(self.headers["Content-Length"]))
-            if self.path == "/v1/traces":
-                received.append(trace_service_pb2.ExportTraceServiceRequest.FromString(body))
-            self.send_response(200 if self.path == "/v1/traces" else 404)
-            self.send_header("Content-Type", "application/x-protobuf")
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-
-        def log_message(self, *args) -> None:
-            pass
-
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}", received
-    httpd.shutdown()
-    httpd.server_close()
-    thread.join()
+    receiver = HttpOtlpReceiver()
+    yield receiver.endpoint, receiver.requests
+    receiver.stop()
 
 
 def _exported(requests) -> tuple[dict[str, list], set[str]]:
