@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import http.server
+import ssl
 import threading
 from concurrent import futures
 from dataclasses import dataclass, field
@@ -57,7 +58,7 @@ class HttpOtlpReceiver:
     """An OTLP/HTTP (protobuf) trace receiver on loopback, in a thread of its own:
     `requests` decoded (gzip too), `headers` of each; `fail_next` statuses answered first."""
 
-    def __init__(self) -> None:
+    def __init__(self, tls: ssl.SSLContext | None = None) -> None:
         self.requests: list[trace_service_pb2.ExportTraceServiceRequest] = []
         self.headers: list[dict[str, str]] = []
         self.fail_next: list[int] = []
@@ -83,12 +84,15 @@ class HttpOtlpReceiver:
                 pass
 
         self._httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        if tls is not None:
+            self._httpd.socket = tls.wrap_socket(self._httpd.socket, server_side=True)
         self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
         self._thread.start()
 
     @property
     def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self._httpd.server_address[1]}"
+        scheme = "https" if isinstance(self._httpd.socket, ssl.SSLSocket) else "http"
+        return f"{scheme}://127.0.0.1:{self._httpd.server_address[1]}"
 
     def stop(self) -> None:
         self._httpd.shutdown()

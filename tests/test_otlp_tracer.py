@@ -7,6 +7,7 @@ call is checked with it by test_tracing.py (the `spans` fixture runs both provid
 from __future__ import annotations
 
 import random
+import ssl
 import threading
 import time
 from http import HTTPStatus
@@ -242,21 +243,33 @@ def test_http_export_posts_gzipped_protobuf_with_headers_and_retries_503():
     assert request.resource_spans[0].scope_spans[0].spans[0].name == "posted"
 
 
-def test_grpc_export_over_mutual_tls(tmp_path):
+@pytest.mark.parametrize("protocol", ["grpc", "http/protobuf"])
+def test_export_over_mutual_tls(tmp_path, protocol):
     ca = CA("otlp-test-ca")
     server, client = ca.issue("localhost"), ca.issue("exporter", server=False)
-    receiver = OtlpReceiver(grpc.ssl_server_credentials([(server.key, server.cert)], root_certificates=ca.pem,
-                                                          require_client_auth=True))
+    server_cert, server_key = server.write(tmp_path, "server")
     (tmp_path / "ca.pem").write_bytes(ca.pem)
+    if protocol == "grpc":
+        receiver = OtlpReceiver(grpc.ssl_server_credentials([(server.key, server.cert)], root_certificates=ca.pem,
+                                                              require_client_auth=True))
+        endpoint = f"https://localhost:{receiver.port}"
+    else:
+        tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(tmp_path / "ca.pem"))
+        tls.load_cert_chain(server_cert, server_key)
+        tls.verify_mode = ssl.CERT_REQUIRED
+        receiver = HttpOtlpReceiver(tls)
+        endpoint = receiver.endpoint
     cert, key = client.write(tmp_path, "client")
     provider = otlp_tracer.TracerProvider.from_env({
-        "OTEL_EXPORTER_OTLP_ENDPOINT": f"https://localhost:{receiver.port}",
+        "OTEL_EXPORTER_OTLP_PROTOCOL": protocol, "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint,
         "OTEL_EXPORTER_OTLP_CERTIFICATE": str(tmp_path / "ca.pem"), "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE": str(cert),
         "OTEL_EXPORTER_OTLP_CLIENT_KEY": str(key), "OTEL_BSP_SCHEDULE_DELAY": "600000"}, {})
     try:
         provider.get_tracer("t").start_span("private").end()
         assert provider.force_flush()
-        assert [span.name for span in receiver.spans()] == ["private"]
+        names = ([span.name for span in receiver.spans()] if protocol == "grpc" else
+                 [span.name for request in receiver.requests for span in request.resource_spans[0].scope_spans[0].spans])
+        assert names == ["private"]
     finally:
         provider.shutdown()
         receiver.stop()
