@@ -267,9 +267,10 @@ class _MethodMetrics:
         self._family = metrics.handled
         self.started = metrics.started.child(*labels)
         self.handling = metrics.handling.child(*labels)
-        # Other codes are bound on first use: most methods never see most codes.
+        # OK is bound now and counted without a lookup; other codes are bound on first use:
+        # most methods never see most codes.
         self._ok = metrics.handled.child(*labels, "OK")
-        self.handled = {grpc.StatusCode.OK: self._ok}
+        self.handled: dict[grpc.StatusCode, Any] = {}
 
     def begin(self, context: Any) -> float:
         self.started.value += 1

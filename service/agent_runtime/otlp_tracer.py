@@ -236,13 +236,7 @@ class Span(trace.Span):
         return not self._end
 
     def set_attribute(self, key: str, value: Any) -> None:
-        attributes = self._attributes
-        if self._end or value is None:
-            return
-        if key not in attributes and len(attributes) >= self._tracer.limits[0]:
-            self._dropped += 1
-            return
-        attributes[key] = value
+        self.set_attributes({key: value})
 
     def set_attributes(self, attributes: Mapping[str, Any]) -> None:
         if self._end:
@@ -531,7 +525,6 @@ class BatchExport:
         self.delay = delay
         self.timeout = timeout
         self.dropped = 0
-        self.sent = 0
         self._queue: deque[tuple[bytes, bytes]] = deque()
         self._wake = threading.Event()
         self._sending = threading.Lock()
@@ -562,9 +555,7 @@ class BatchExport:
         with self._sending:
             while queue and time.monotonic() < deadline:
                 batch = [queue.popleft() for _ in range(min(self.batch_size, len(queue)))]
-                if send_retrying(self.transport, export_request(self.resource, batch), deadline):
-                    self.sent += len(batch)
-                else:
+                if not send_retrying(self.transport, export_request(self.resource, batch), deadline):
                     ok = False
         return ok and not queue
 
@@ -710,8 +701,8 @@ def transport_from_env(environ: Mapping[str, str]) -> Transport:
     except ValueError:
         raise ValueError("OTEL_EXPORTER_OTLP_TIMEOUT must be a number of seconds") from None
     headers = _headers(_setting(environ, "HEADERS"))
-    certificate, key, chain = (_read(_setting(environ, name))
-                               for name in ("CERTIFICATE", "CLIENT_KEY", "CLIENT_CERTIFICATE"))
+    certificate = _read(_setting(environ, "CERTIFICATE"))
+    key_path, chain_path = _setting(environ, "CLIENT_KEY"), _setting(environ, "CLIENT_CERTIFICATE")
     if protocol == "grpc":
         endpoint = _setting(environ, "ENDPOINT") or "http://localhost:4317"
         parsed = urlparse(endpoint)
@@ -722,7 +713,8 @@ def transport_from_env(environ: Mapping[str, str]) -> Transport:
             insecure = insecure_setting.lower() == "true"
         else:
             insecure = parsed.scheme == "http"
-        credentials = None if insecure else grpc.ssl_channel_credentials(certificate, key, chain)
+        credentials = (None if insecure
+                       else grpc.ssl_channel_credentials(certificate, _read(key_path), _read(chain_path)))
         return GrpcTransport(parsed.netloc or endpoint, credentials=credentials, headers=headers,
                              timeout=timeout, gzip_body=compression == "gzip")
     if protocol == "http/protobuf":
@@ -733,8 +725,8 @@ def transport_from_env(environ: Mapping[str, str]) -> Transport:
         context = None
         if urlparse(url).scheme == "https":
             context = ssl.create_default_context(cadata=certificate.decode() if certificate else None)
-            if chain is not None:
-                context.load_cert_chain(_setting(environ, "CLIENT_CERTIFICATE"), _setting(environ, "CLIENT_KEY"))
+            if chain_path is not None:
+                context.load_cert_chain(chain_path, key_path)
         return HttpTransport(url, context=context, headers=headers, timeout=timeout,
                              gzip_body=compression == "gzip")
     raise ValueError(f"OTEL_EXPORTER_OTLP_PROTOCOL: {protocol!r} is not supported (grpc or http/protobuf)")
