@@ -115,3 +115,29 @@ async def test_echo_tool_errors(serve, channel_to):
         value.struct_value.update(obj)
         err = await invoke_error(client, pb.InvokeRequest(input=pb.Payload(structured=value)))
         assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and message in err.details()
+
+
+async def test_an_abort_leaves_no_reference_cycle_behind():
+    """gRPC keeps its AbortError on the call's state and the error's traceback holds the
+    frames that hold the call; `abort` drops the traceback once the error has been
+    caught, so a refused call is freed by reference counting, not the cyclic GC."""
+    import asyncio
+
+    from agent_runtime.errors import Overloaded
+    from agent_runtime.grpc.status import abort
+
+    class Context:
+        def done(self) -> bool:
+            return False
+
+        def trailing_metadata(self) -> tuple:
+            return ()
+
+        async def abort(self, code, details, metadata) -> None:
+            raise grpc.aio.AbortError(details)
+
+    with pytest.raises(grpc.aio.AbortError) as caught:
+        await abort(Context(), Overloaded("full", retry_after=0.1))
+    assert caught.value.__traceback__ is not None
+    await asyncio.sleep(0)
+    assert caught.value.__traceback__ is None

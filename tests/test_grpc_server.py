@@ -106,7 +106,7 @@ async def test_health_overall_and_per_service(served, channel_to):
 
 
 @pytest.mark.parametrize("plugin", [False, True])
-async def test_only_run_methods_are_registered_in_advance_and_every_method_answers(
+async def test_no_method_is_registered_in_advance_and_every_method_answers(
         plugin, serve, channel_to, monkeypatch):
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -122,9 +122,7 @@ async def test_only_run_methods_are_registered_in_advance_and_every_method_answe
 
     monkeypatch.setattr(grpc.aio._server.Server, "add_registered_method_handlers", recording)
     server = await serve(plugin_handshake=plugin, metrics_port=0 if plugin else free_port())
-    run_methods = (["redpanda.runtime.v1alpha1.AgentRuntime/InvokeAgent", "redpanda.runtime.v1alpha1.Runtime/InvokeAgent"]
-                   if plugin else ["agent_runtime.v1.AgentRuntime/Invoke", "agent_runtime.v1.AgentRuntime/InvokeStream"])
-    assert registered == run_methods
+    assert registered == []
 
     channel = channel_to(server.address)
     runtime = stub(channel)
@@ -156,3 +154,47 @@ async def test_serve_freezes_the_startup_heap_while_it_serves_and_thaws_it_after
     await server.stop(drain_timeout=0)
     assert await asyncio.wait_for(serving, 10) == 0
     assert frozen[0] > 0 and gc.get_freeze_count() == 0
+
+
+async def test_a_service_that_gives_only_a_generic_handler_is_served_and_observed():
+    """Code generated before grpcio 1.63 hands the server no method table, only a
+    generic handler: the registrar still serves (and observes) its methods, and a
+    method nobody serves is UNIMPLEMENTED."""
+    from agent_runtime.grpc.instrument import ObservedRegistrar
+
+    ended: list[tuple[str, object]] = []
+
+    class Probe:
+        def __init__(self, method: str) -> None:
+            self.name = method
+
+        def begin(self, context):
+            return None
+
+        def end(self, token, code) -> None:
+            ended.append((self.name, code))
+
+    class Observer:
+        def method(self, service: str, method: str, grpc_type: str) -> Probe:
+            return Probe(f"{service}/{method}/{grpc_type}")
+
+    async def echo(request: bytes, context) -> bytes:
+        return request
+
+    server = grpc.aio.server()
+    registrar = ObservedRegistrar(server, [Observer()])
+    registrar.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+        "old.Echo", {"Say": grpc.unary_unary_rpc_method_handler(echo)}),))
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            for _ in range(2):
+                assert await channel.unary_unary("/old.Echo/Say")(b"hi") == b"hi"
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await channel.unary_unary("/old.Echo/Shout")(b"hi")
+            assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    finally:
+        await server.stop(grace=0)
+    assert [name for name, _ in ended] == ["old.Echo/Say/unary"] * 2
+    assert all(code in (grpc.StatusCode.OK, 0) for _, code in ended)

@@ -124,38 +124,44 @@ def observe_handler(handler: grpc.RpcMethodHandler, service: str, method: str,
     return handler._replace(**{field: _observed(getattr(handler, field), probe)})
 
 
-class _ObservedGenericHandler(grpc.GenericRpcHandler):
-    """A generic handler whose handlers are observed; each wrapped once, on first use."""
+class _MethodTable(grpc.GenericRpcHandler):
+    """The server's one generic handler: every method by its path ("/service/method"),
+    then the generic handlers of services that gave no method table."""
 
-    def __init__(self, inner: grpc.GenericRpcHandler, registrar: "ObservedRegistrar") -> None:
-        self.inner = inner
+    def __init__(self, registrar: "ObservedRegistrar") -> None:
+        self.methods: dict[str, grpc.RpcMethodHandler] = {}
+        self.generic: list[grpc.GenericRpcHandler] = []
         self.registrar = registrar
 
     def service(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
-        handler = self.inner.service(details)
-        if handler is None:
-            return None
-        _, service, method = details.method.split("/", 2)
-        return self.registrar.observed(handler, service, method)
+        handler = self.methods.get(details.method)
+        if handler is not None or not self.generic:
+            return handler
+        for generic in self.generic:
+            handler = generic.service(details)
+            if handler is not None:
+                _, service, method = details.method.split("/", 2)
+                return self.registrar.observed(handler, service, method)
+        return None
 
 
 class ObservedRegistrar:
-    """Stands in for the server when services register their handlers: registers them
+    """Stands in for the server when services register their handlers: serves them
     on `server` with every method observed by `observers` (nothing is wrapped when
     there are none).
 
-    Only the methods in `registered` ("service/method") are registered with gRPC core
-    in advance; every other one is found through its generic handler. grpc.aio keeps a
-    pending request per registered method and waits on all of them for each call that
-    arrives, so each method registered costs every call (the eight rarely called ones
-    of this server cost the unary Invoke 3 % of its CPU time)."""
+    No method is registered with gRPC core in advance: grpc.aio keeps a pending request
+    per registered method and waits on all of them each time a call arrives, so each
+    registered method costs every call; with none, a call costs one lookup in the
+    method table here. Measured by callgrind on the unary Invoke: 391.8k instructions
+    with Invoke and InvokeStream registered, 381.1k with nothing registered (with all
+    ten methods registered a call cost 3 % more CPU time than with two)."""
 
-    def __init__(self, server: grpc.aio.Server, observers: Iterable[RpcObserver],
-                 registered: Iterable[str] = ()) -> None:
-        self.server = server
+    def __init__(self, server: grpc.aio.Server, observers: Iterable[RpcObserver]) -> None:
         self.observers = tuple(observers)
-        self.registered = frozenset(registered)
         self._wrapped: dict[int, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
+        self._table = _MethodTable(self)
+        server.add_generic_rpc_handlers((self._table,))
 
     def observed(self, handler: grpc.RpcMethodHandler, service: str, method: str) -> grpc.RpcMethodHandler:
         if not self.observers:
@@ -167,12 +173,12 @@ class ObservedRegistrar:
         return known[1]
 
     def add_registered_method_handlers(self, service: str, handlers: dict[str, grpc.RpcMethodHandler]) -> None:
-        chosen = {name: self.observed(handler, service, name) for name, handler in handlers.items()
-                  if f"{service}/{name}" in self.registered}
-        if chosen:
-            self.server.add_registered_method_handlers(service, chosen)
+        """The methods of `service` by name (what generated `add_*_to_server` code hands
+        in beside its generic handler, which then is never asked)."""
+        for name, handler in handlers.items():
+            self._table.methods[f"/{service}/{name}"] = self.observed(handler, service, name)
 
     def add_generic_rpc_handlers(self, generic_handlers: Iterable[grpc.GenericRpcHandler]) -> None:
-        if self.observers:
-            generic_handlers = [_ObservedGenericHandler(h, self) for h in generic_handlers]
-        self.server.add_generic_rpc_handlers(tuple(generic_handlers))
+        """Generic handlers, asked for methods the table does not have (only code that
+        registers no method table needs them)."""
+        self._table.generic.extend(generic_handlers)

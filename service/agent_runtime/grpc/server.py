@@ -150,17 +150,14 @@ class RuntimeServer:
         cfg = self.config
         credentials = tls.server_credentials(cfg)
         server = grpc.aio.server(options=self.grpc_options(), interceptors=auth.interceptors(cfg))
-        registrar = ObservedRegistrar(server, self.observers, self._run_methods())
-        handlers = method_handlers(AgentRuntimeServicer(self.manager))
-        registrar.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
-        registrar.add_registered_method_handlers(SERVICE_NAME, handlers)
+        registrar = ObservedRegistrar(server, self.observers)
+        registrar.add_registered_method_handlers(SERVICE_NAME, method_handlers(AgentRuntimeServicer(self.manager)))
         for service, service_handlers in self._redpanda_handlers().items():
-            registrar.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, service_handlers),))
             registrar.add_registered_method_handlers(service, service_handlers)
             self.services.append(service)
         if cfg.plugin_handshake:
-            registrar.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
-                PLUGIN_CONTROLLER_SERVICE, {"Shutdown": grpc.unary_unary_rpc_method_handler(self._plugin_shutdown)}),))
+            registrar.add_registered_method_handlers(
+                PLUGIN_CONTROLLER_SERVICE, {"Shutdown": grpc.unary_unary_rpc_method_handler(self._plugin_shutdown)})
             self.services.append(PLUGIN_HEALTH_SERVICE)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, registrar)
         served = [*(s for s in self.services if s != PLUGIN_HEALTH_SERVICE),
@@ -190,13 +187,6 @@ class RuntimeServer:
             await self.health.set(service, SERVING)
         logger.info("serving agents %s on %s", ", ".join(self.manager.agents), self.address)
         return self.address
-
-    def _run_methods(self) -> list[str]:
-        """The methods that carry runs ("service/method"): the only ones worth registering
-        with gRPC core in advance (see ObservedRegistrar). A plugin serves Redpanda's."""
-        if self.config.plugin_handshake:
-            return [f"{service}/InvokeAgent" for service in (redpanda.AGENT_RUNTIME_SERVICE, redpanda.RUNTIME_SERVICE)]
-        return [f"{SERVICE_NAME}/Invoke", f"{SERVICE_NAME}/InvokeStream"]
 
     def _redpanda_handlers(self) -> dict[str, dict[str, grpc.RpcMethodHandler]]:
         """Redpanda's InvokeAgent, when it is clear which agent it runs."""
