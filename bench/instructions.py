@@ -20,12 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import contenders as c
-from . import h2load, wire
-from .background import HeldRuns
+from . import h2load, overload, wire
 from .deps import ensure_valgrind
 from .h2load import Load
 from .harness import ROOT, Bench, Contender, log, verify
-from .overload import SLOTS
 from .process import ServerProcess
 from .report import Section
 
@@ -106,12 +104,10 @@ def _invoke(bench: Bench, body: bytes, name: str):
     return lambda server: Load(f"http://{server.address}{wire.INVOKE}", path, wire.GRPC_HEADERS)
 
 
-def _refusals(bench: Bench, agents: tuple[str, ...], echo, calls: int) -> Counted:
-    """Refused calls of a runtime whose every slot is held by a slow run (as in the overload section)."""
-    server = Callgrind(bench, c.runtime(*agents, "--max-queue", "0", label=f"{c.RUNTIME} rejecting"))
-    hold = bench.body("hold.grpc", wire.invoke_body("3600", agent="slow"))
-    held = HeldRuns(server.server, Load(f"http://{server.server.address}{wire.INVOKE_STREAM}", hold,
-                                        wire.GRPC_HEADERS), count=SLOTS, connections=1, core=None)
+def _refusals(bench: Bench, echo, calls: int) -> Counted:
+    """Refused calls of the overload section's rejecting runtime, every slot held."""
+    server = Callgrind(bench, overload.rejecting())
+    held = overload.hold(bench, server.server, core=None)
     try:
         return server.count(echo(server.server), calls, expect="RESOURCE_EXHAUSTED")
     finally:
@@ -144,10 +140,8 @@ def run(bench: Bench) -> Section:
     bare_stream = _counted(bench, c.bare(), stream, streams, warmup=20)
     runtime_stream = _counted(bench, c.unary_runtime(), stream, streams, warmup=20)
     log("instructions: refused and served calls")
-    agents = ("--agent", c.ECHO_AGENT, "--agent", c.SLOW_AGENT, "--max-concurrency", str(SLOTS))
-    echo = _invoke(bench, wire.invoke_body("hello", agent="echo"), "echo.grpc")
-    served = _counted(bench, c.runtime(*agents, "--max-queue", "1024", label=f"{c.RUNTIME} serving"), echo, calls)
-    refused = _refusals(bench, agents, echo, calls)
+    served = _counted(bench, overload.serving(), unary, calls)
+    refused = _refusals(bench, unary, calls)
     section.notes += [
         f"Instructions the server executed per call ({calls:,} unary calls, {streams} streams of "
         f"{CHUNKS} chunks), counted by valgrind's callgrind after a warm-up, every call verified "

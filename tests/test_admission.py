@@ -78,15 +78,48 @@ async def test_full_queue_is_refused_at_once_with_retry_hint(serve, channel_to):
     assert admission.in_use == 0
 
 
-async def test_load_is_shed_before_the_rest_of_the_request_is_read(serve, channel_to):
-    """Over capacity, a request is refused once it has named its agent and user: its input
-    is read (and found wanting) only when a slot is free."""
+async def test_over_capacity_a_server_of_one_agent_refuses_calls_unread(serve, channel_to):
+    """While every slot and the queue are taken, a server of one agent refuses Invoke and
+    InvokeStream before gRPC reads the request (so even bytes that are no request, or a
+    request for an unknown agent, are RESOURCE_EXHAUSTED), counted for its agent; once a
+    slot is free the same requests get their own answers."""
     blocked, gate = gated()
     server = await serve(blocked, max_concurrency=1, max_queue=0)
-    client = stub(channel_to(server.address))
+    channel = channel_to(server.address)
+    client, raw = stub(channel), channel.unary_unary("/agent_runtime.v1.AgentRuntime/Invoke")
     holder = asyncio.ensure_future(client.Invoke(pb.InvokeRequest(input=pb.Payload(text="x"))))
     await wait_until(lambda: server.manager.admission.in_use, "the slot taken")
-    no_input = pb.InvokeRequest(metadata={"": "an empty key"})
+    unknown = pb.InvokeRequest(agent="nope", input=pb.Payload(text="x"))
+    calls = [raw(b"\xff\xff\xff", timeout=10), client.Invoke(unknown, timeout=10),
+             client.InvokeStream(unknown, timeout=10).read()]
+    for call in calls:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await call
+        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "max_queue 0" in err.value.details()
+        assert int(dict(err.value.trailing_metadata())["grpc-retry-pushback-ms"]) >= 1
+    assert server.manager.admission.rejected == {"blocked": 3}
+    gate.set()
+    assert (await holder).output.text == "x"
+    for call, code in ((raw(b"\xff\xff\xff", timeout=10), grpc.StatusCode.INVALID_ARGUMENT),
+                       (client.Invoke(unknown, timeout=10), grpc.StatusCode.NOT_FOUND)):
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await call
+        assert err.value.code() == code
+    assert server.manager.admission.rejected == {"blocked": 3}
+    assert server.manager.admission.in_use == 0
+
+
+async def test_over_capacity_a_server_of_several_agents_reads_only_the_agent_and_user(serve, channel_to):
+    """With several agents a refusal is counted for the agent the request names, so the
+    request is read, but only its agent and user: its input is read (and found wanting)
+    only when a slot is free."""
+    blocked, gate = gated()
+    server = await serve({"blocked": blocked, "other": blocked}, max_concurrency=1, max_queue=0)
+    client = stub(channel_to(server.address))
+    holder = asyncio.ensure_future(client.Invoke(pb.InvokeRequest(agent="blocked", input=pb.Payload(text="x"))))
+    await wait_until(lambda: server.manager.admission.in_use, "the slot taken")
+    no_input = pb.InvokeRequest(agent="other", metadata={"": "an empty key"})
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await client.Invoke(no_input, timeout=10)
     assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
@@ -98,7 +131,7 @@ async def test_load_is_shed_before_the_rest_of_the_request_is_read(serve, channe
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await client.Invoke(no_input, timeout=10)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert server.manager.admission.rejected == {"blocked": 1}
+    assert server.manager.admission.rejected == {"other": 1}
 
 
 async def test_check_says_what_take_would_do_and_takes_nothing():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import grpc
 import pytest
 from google.protobuf import struct_pb2
@@ -198,3 +200,51 @@ async def test_a_service_that_gives_only_a_generic_handler_is_served_and_observe
         await server.stop(grace=0)
     assert [name for name, _ in ended] == ["old.Echo/Say/unary"] * 2
     assert all(code in (grpc.StatusCode.OK, 0) for _, code in ended)
+
+
+async def test_a_gated_method_is_answered_by_its_stand_in_observed_as_the_method():
+    """While a gate is closed its stand-ins take the calls, counted as the method's own
+    (same name and grpc_type). The AgentRuntime stand-ins read a request only once
+    admission would admit a run, so a slot that came free after the gate was asked still
+    serves the call; a call that sends no request message is INVALID_ARGUMENT."""
+    from agent_runtime import SessionManager
+    from agent_runtime.grpc.instrument import ObservedRegistrar
+    from agent_runtime.grpc.servicer import SERVICE_NAME, AgentRuntimeServicer, method_handlers, unread_handlers
+
+    ended: list[tuple[str, object]] = []
+
+    class Observer:
+        def method(self, service: str, method: str, grpc_type: str):
+            name = f"{method}/{grpc_type}"
+            return SimpleNamespace(begin=lambda context: None, end=lambda token, code: ended.append((name, code)))
+
+    async def echo(input):
+        return input
+
+    asked: list[bool] = []
+    servicer = AgentRuntimeServicer(SessionManager(echo))
+    server = grpc.aio.server()
+    registrar = ObservedRegistrar(server, [Observer()])
+    registrar.add_registered_method_handlers(SERVICE_NAME, method_handlers(servicer))
+    registrar.add_gates(SERVICE_NAME, lambda: asked.append(True) or True, unread_handlers(servicer))
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            client = stub(channel)
+            request = pb.InvokeRequest(input=pb.Payload(text="hi"))
+            assert (await client.Invoke(request)).output.text == "hi"
+            events = [event async for event in client.InvokeStream(request)]
+            assert events[-1].WhichOneof("event") == "ended"
+            nothing = channel.stream_unary(f"/{SERVICE_NAME}/Invoke")
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await nothing(iter(()))
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert "no request message" in err.value.details()
+            assert (await client.ListAgents(pb.ListAgentsRequest())).agents[0].name == "echo"
+    finally:
+        await server.stop(grace=0)
+    assert len(asked) == 3  # asked for the gated methods only
+    assert [(name, code in (grpc.StatusCode.OK, 0)) for name, code in ended] == [
+        ("Invoke/unary", True), ("InvokeStream/server_stream", True), ("Invoke/unary", False),
+        ("ListAgents/unary", True)]

@@ -259,3 +259,35 @@ async def test_calls_refused_by_token_auth_are_counted_and_traced(serve, channel
                    if span.name.startswith("agent_runtime.v1.AgentRuntime/"))
     assert codes == ["OK", "UNAUTHENTICATED", "UNAUTHENTICATED"]
     provider.shutdown()
+
+
+async def test_calls_refused_unread_are_counted_and_traced_as_their_methods(serve, channel_to):
+    """A server of one agent refuses over capacity before it reads the request (see
+    test_admission); those calls count and trace as Invoke and InvokeStream, the run as
+    rejected, and token auth still answers first."""
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    port = free_port()
+    server = await serve(Scripted(), metrics_port=port, auth_token="s3cret", tracer_provider=provider,
+                         max_concurrency=1, max_queue=0)
+    client = stub(channel_to(server.address))
+    token = (("authorization", "Bearer s3cret"),)
+    held = client.Invoke(request({"sleep": 30}), metadata=token)
+    await wait_until(lambda: server.manager.admission.in_use == 1)
+    assert await _rpc_error(client.Invoke(request())) is grpc.StatusCode.UNAUTHENTICATED
+    assert await _rpc_error(client.Invoke(request(), metadata=token)) is grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert await _rpc_error(client.InvokeStream(request(), metadata=token).read()) is grpc.StatusCode.RESOURCE_EXHAUSTED
+    held.cancel()
+    await wait_until(lambda: server.manager.admission.in_use == 0)
+
+    samples = scrape(port)
+    for grpc_type, method, code in (("unary", "Invoke", "UNAUTHENTICATED"), ("unary", "Invoke", "RESOURCE_EXHAUSTED"),
+                                    ("server_stream", "InvokeStream", "RESOURCE_EXHAUSTED")):
+        assert sample(samples, "grpc_server_handled_total", grpc_type=grpc_type, grpc_method=method,
+                      grpc_service="agent_runtime.v1.AgentRuntime", grpc_code=code) == 1
+    assert sample(samples, "agent_runtime_runs_total", agent=AGENT, status="rejected") == 2
+    codes = sorted(span.attributes["rpc.response.status_code"] for span in exporter.get_finished_spans()
+                   if span.name.startswith("agent_runtime.v1.AgentRuntime/"))
+    assert codes == ["CANCELLED", "RESOURCE_EXHAUSTED", "RESOURCE_EXHAUSTED", "UNAUTHENTICATED"]
+    provider.shutdown()

@@ -64,9 +64,8 @@ def _counted_behavior(behavior: Any, counts: list[int]) -> Any:
 
 def counted(handler: grpc.RpcMethodHandler, counts: list[int]) -> grpc.RpcMethodHandler:
     """`handler` with every finished call counted in `counts` by its status code."""
-    if handler.request_streaming:
-        return handler
-    field = "unary_stream" if handler.response_streaming else "unary_unary"
+    field = (("stream_" if handler.request_streaming else "unary_")
+             + ("stream" if handler.response_streaming else "unary"))
     return handler._replace(**{field: _counted_behavior(getattr(handler, field), counts)})
 
 

@@ -2,9 +2,10 @@
 benchmark's status counters and stats side channel.
 
 Arguments are `agent-runtime serve` arguments (and AGENT_RUNTIME_* / OTEL_*
-variables work as usual). The only addition is the counting wrapper around the
-AgentRuntime handlers (the same one the bare server has) and a stats answer
-that also reports the admission counters (runs in progress, queued).
+variables work as usual). The only additions are the counting wrapper around the
+AgentRuntime handlers and their stand-ins while admission refuses every run (the
+same wrapper the bare server has) and a stats answer that also reports the
+admission counters (runs in progress, queued).
 """
 
 from __future__ import annotations
@@ -30,15 +31,16 @@ def _admission_stats() -> dict[str, Any]:
 
 
 def _counting(build: Any) -> Any:
-    def method_handlers(servicer: Any) -> Any:
-        _managers.append(servicer.manager)
+    def handlers(servicer: Any) -> Any:
+        _managers[:] = [servicer.manager]
         return counted_all(build(servicer), counts)
 
-    return method_handlers
+    return handlers
 
 
 def main(argv: list[str]) -> int:
     server_module.method_handlers = _counting(server_module.method_handlers)
+    server_module.unread_handlers = _counting(server_module.unread_handlers)
     serve_stats(counts, _admission_stats)
     return cli.main(["serve", *argv])
 

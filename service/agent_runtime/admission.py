@@ -49,20 +49,23 @@ class Admission:
         """The error a run would be refused with now (`Overloaded`, `Draining`; counted in
         `rejected[label]`), or None. Returned, not raised: callers shedding load before
         they build anything for a run pay for no exception of their own."""
-        if self.draining:
-            self._refused(label)
-            return Draining("server is draining; retry on another replica")
+        if self.refuses_every_run():
+            self._refused(label)  # refused here: no coroutine for a refusal
+            if self.draining:
+                return Draining("server is draining; retry on another replica")
+            return Overloaded(self._full_message(), retry_after=self._retry_after())
         if self.per_user_limit and user_id:
             held = self._per_user.get(user_id, 0)
             if held >= self.per_user_limit:
                 self._refused(label)
                 return Overloaded(f"user {user_id!r} already has {held} runs "
                                   f"(per-user limit {self.per_user_limit})", retry_after=self._retry_after())
-        waiters = self._waiters
-        if self.limit and (self.in_use >= self.limit or waiters) and len(waiters) >= self.max_queue:
-            self._refused(label)  # refused here: no coroutine for a refusal
-            return Overloaded(self._full_message(), retry_after=self._retry_after())
         return None
+
+    def refuses_every_run(self) -> bool:
+        """Whether any run, whoever asks, would be refused now: draining, or every slot and
+        the queue taken. A server can then refuse a call before it reads the request."""
+        return self.draining or (self.in_use >= self.limit > 0 and len(self._waiters) >= self.max_queue)
 
     def _full_message(self) -> str:
         """Why a run is refused when slots and queue are full (made once per limits)."""

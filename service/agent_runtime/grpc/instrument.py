@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-from typing import Any, Iterable, Protocol, Sequence
+from typing import Any, Callable, Iterable, Protocol, Sequence
 
 import grpc
 
@@ -107,12 +107,20 @@ def _field(handler: grpc.RpcMethodHandler) -> tuple[str, str]:
     return _BEHAVIORS[(bool(handler.request_streaming), bool(handler.response_streaming))]
 
 
+def served_as(handler: grpc.RpcMethodHandler, stand_in: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    """`stand_in` (of any shape) observed as `handler` is, so the calls it takes are
+    counted and traced as calls of `handler`'s method."""
+    probe = getattr(getattr(handler, _field(handler)[0]), "probe", None)
+    if probe is None:
+        return stand_in
+    field, _ = _field(stand_in)
+    return stand_in._replace(**{field: _observed(getattr(stand_in, field), probe)})
+
+
 def with_behavior(handler: grpc.RpcMethodHandler, behavior: Any) -> grpc.RpcMethodHandler:
     """`handler` answering with `behavior` instead (an interceptor's refusal, say), and
     observed as `handler` is, so the call is still counted and traced."""
-    field, _ = _field(handler)
-    probe = getattr(getattr(handler, field), "probe", None)
-    return handler._replace(**{field: behavior if probe is None else _observed(behavior, probe)})
+    return served_as(handler, handler._replace(**{_field(handler)[0]: behavior}))
 
 
 def observe_handler(handler: grpc.RpcMethodHandler, service: str, method: str,
@@ -126,15 +134,22 @@ def observe_handler(handler: grpc.RpcMethodHandler, service: str, method: str,
 
 class _MethodTable(grpc.GenericRpcHandler):
     """The server's one generic handler: every method by its path ("/service/method"),
-    then the generic handlers of services that gave no method table."""
+    then the generic handlers of services that gave no method table. A gated method's
+    stand-in takes its calls while its gate is closed."""
 
     def __init__(self, registrar: "ObservedRegistrar") -> None:
         self.methods: dict[str, grpc.RpcMethodHandler] = {}
+        self.gates: dict[str, tuple[Callable[[], bool], grpc.RpcMethodHandler]] = {}
         self.generic: list[grpc.GenericRpcHandler] = []
         self.registrar = registrar
 
     def service(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
-        handler = self.methods.get(details.method)
+        path = details.method
+        if self.gates:
+            gate = self.gates.get(path)
+            if gate is not None and gate[0]():
+                return gate[1]
+        handler = self.methods.get(path)
         if handler is not None or not self.generic:
             return handler
         for generic in self.generic:
@@ -175,6 +190,14 @@ class ObservedRegistrar:
         in beside its generic handler, which then is never asked)."""
         for name, handler in handlers.items():
             self._table.methods[f"/{service}/{name}"] = self.observed(handler, service, name)
+
+    def add_gates(self, service: str, closed: Callable[[], bool], stand_ins: dict[str, grpc.RpcMethodHandler]) -> None:
+        """While `closed()` says so, each method of `service` named in `stand_ins` is answered
+        by its stand-in, observed as the method is. `closed` is asked as a call arrives,
+        before anything of it is read: a stand-in can refuse a call without reading it."""
+        for name, stand_in in stand_ins.items():
+            path = f"/{service}/{name}"
+            self._table.gates[path] = (closed, served_as(self._table.methods[path], stand_in))
 
     def add_generic_rpc_handlers(self, generic_handlers: Iterable[grpc.GenericRpcHandler]) -> None:
         """Generic handlers, asked for methods the table does not have (only code that

@@ -45,7 +45,7 @@ from ..runlog import RunLogSink
 from ..session import SessionManager
 from . import auth, redpanda, tls
 from .instrument import ObservedRegistrar, RpcObserver
-from .servicer import SERVICE_NAME, AgentRuntimeServicer, method_handlers
+from .servicer import SERVICE_NAME, AgentRuntimeServicer, method_handlers, unread_handlers
 
 logger = logging.getLogger("agent_runtime.server")
 
@@ -151,7 +151,10 @@ class RuntimeServer:
         credentials = tls.server_credentials(cfg)
         server = grpc.aio.server(options=self.grpc_options(), interceptors=auth.interceptors(cfg))
         registrar = ObservedRegistrar(server, self.observers)
-        registrar.add_registered_method_handlers(SERVICE_NAME, method_handlers(AgentRuntimeServicer(self.manager)))
+        servicer = AgentRuntimeServicer(self.manager)
+        registrar.add_registered_method_handlers(SERVICE_NAME, method_handlers(servicer))
+        if len(self.manager.agents) == 1:
+            registrar.add_gates(SERVICE_NAME, self.manager.admission.refuses_every_run, unread_handlers(servicer))
         for service, service_handlers in self._redpanda_handlers().items():
             registrar.add_registered_method_handlers(service, service_handlers)
             self.services.append(service)

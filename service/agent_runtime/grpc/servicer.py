@@ -91,6 +91,25 @@ class AgentRuntimeServicer:
             await abort(context, unexpected(exc, runner.run_id if runner is not None else ""))
         await abort(context, run)  # refused by admission
 
+    async def InvokeUnread(self, requests: Any, context: grpc.aio.ServicerContext) -> pb.InvokeResponse:
+        """Invoke taken while admission refuses every run (see `unread_handlers`)."""
+        return await self.Invoke(await self._admitted_request(context), context)
+
+    async def InvokeStreamUnread(self, requests: Any, context: grpc.aio.ServicerContext) -> None:
+        """InvokeStream taken while admission refuses every run (see `unread_handlers`)."""
+        await self.InvokeStream(await self._admitted_request(context), context)
+
+    async def _admitted_request(self, context: grpc.aio.ServicerContext) -> Any:
+        """The request of a call taken before it was read: refused unread while admission
+        refuses every run; read only if a slot has come free since the call arrived."""
+        refused = self.manager.admission.refusal("", self.manager.agent().name)
+        if refused is not None:
+            await abort(context, refused)
+        request = await context.read()
+        if request is grpc.aio.EOF:
+            await abort(context, InvalidInput("the call carried no request message"))
+        return request
+
     async def ListAgents(self, request: Any, context: grpc.aio.ServicerContext) -> pb.ListAgentsResponse:
         return pb.ListAgentsResponse(agents=[messages.agent_info(spec) for spec in self.manager.agents.values()])
 
@@ -116,4 +135,21 @@ def method_handlers(servicer: AgentRuntimeServicer) -> dict[str, grpc.RpcMethodH
         "CancelRun": grpc.unary_unary_rpc_method_handler(
             servicer.CancelRun, request_deserializer=parse(pb.CancelRunRequest),
             response_serializer=pb.CancelRunResponse.SerializeToString),
+    }
+
+
+def unread_handlers(servicer: AgentRuntimeServicer) -> dict[str, grpc.RpcMethodHandler]:
+    """Stand-ins for Invoke and InvokeStream while admission refuses every run (gated by
+    `Admission.refuses_every_run`): request-streaming handlers, so gRPC does not read the
+    request before they run, and shedding load costs less than serving it. For a server
+    of one agent only, the agent a refusal is counted for: so while it refuses, a request
+    that names an unknown agent, or is not valid, is refused too (it is not read)."""
+    parse = messages.parser(pb.InvokeRequest)
+    return {
+        "Invoke": grpc.stream_unary_rpc_method_handler(
+            servicer.InvokeUnread, request_deserializer=parse,
+            response_serializer=pb.InvokeResponse.SerializeToString),
+        "InvokeStream": grpc.stream_stream_rpc_method_handler(
+            servicer.InvokeStreamUnread, request_deserializer=parse,
+            response_serializer=pb.InvokeEvent.SerializeToString),
     }
