@@ -72,6 +72,11 @@ def run(bench: Bench) -> Section:
         if c.NAT in rates:  # a round where nat serve completed nothing counts as an infinite ratio
             factors = [b / d if d else float("inf") for b, d in zip(rates[c.RUNTIME], rates[c.NAT])]
             section.targets.append(Target(f"{workload}: {c.RUNTIME} / {c.NAT}", median(factors), NAT_FACTOR, "x"))
+            idle = sum(1 for rate in rates[c.NAT] if not rate)
+            if idle:
+                section.notes.append(f"At {workload}, {c.NAT} completed no call within the "
+                                     f"{bench.settings.duration:g} s run in {idle} of {len(rates[c.NAT])} "
+                                     "rounds, so the ratio to it is infinite there.")
         if concurrency == 1:
             section.targets += _added_latency(results[c.RUNTIME], results[c.BARE])
     if receiver is not None:
