@@ -107,20 +107,24 @@ def _field(handler: grpc.RpcMethodHandler) -> tuple[str, str]:
     return _BEHAVIORS[(bool(handler.request_streaming), bool(handler.response_streaming))]
 
 
+def _observed_as(handler: grpc.RpcMethodHandler, target: grpc.RpcMethodHandler, field: str,
+                 behavior: Any) -> grpc.RpcMethodHandler:
+    """`target` with `behavior` as its `field`, observed by the probe of `handler`'s method."""
+    probe = getattr(getattr(handler, _field(handler)[0]), "probe", None)
+    return target._replace(**{field: behavior if probe is None else _observed(behavior, probe)})
+
+
 def served_as(handler: grpc.RpcMethodHandler, stand_in: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
     """`stand_in` (of any shape) observed as `handler` is, so the calls it takes are
     counted and traced as calls of `handler`'s method."""
-    probe = getattr(getattr(handler, _field(handler)[0]), "probe", None)
-    if probe is None:
-        return stand_in
     field, _ = _field(stand_in)
-    return stand_in._replace(**{field: _observed(getattr(stand_in, field), probe)})
+    return _observed_as(handler, stand_in, field, getattr(stand_in, field))
 
 
 def with_behavior(handler: grpc.RpcMethodHandler, behavior: Any) -> grpc.RpcMethodHandler:
     """`handler` answering with `behavior` instead (an interceptor's refusal, say), and
     observed as `handler` is, so the call is still counted and traced."""
-    return served_as(handler, handler._replace(**{_field(handler)[0]: behavior}))
+    return _observed_as(handler, handler, _field(handler)[0], behavior)
 
 
 def observe_handler(handler: grpc.RpcMethodHandler, service: str, method: str,
@@ -155,7 +159,7 @@ class _MethodTable(grpc.GenericRpcHandler):
         for generic in self.generic:
             handler = generic.service(details)
             if handler is not None:
-                _, service, method = details.method.split("/", 2)
+                _, service, method = path.split("/", 2)
                 return self.registrar.observed(handler, service, method)
         return None
 
