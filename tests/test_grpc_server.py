@@ -158,33 +158,29 @@ async def test_serve_freezes_the_startup_heap_while_it_serves_and_thaws_it_after
     assert frozen[0] > 0 and gc.get_freeze_count() == 0
 
 
+class RecordingObserver:
+    """An RpcObserver that records ("service/method/grpc_type", status code) as each call ends."""
+
+    def __init__(self) -> None:
+        self.ended: list[tuple[str, object]] = []
+
+    def method(self, service: str, method: str, grpc_type: str) -> SimpleNamespace:
+        name = f"{service}/{method}/{grpc_type}"
+        return SimpleNamespace(begin=lambda context: None, end=lambda token, code: self.ended.append((name, code)))
+
+
 async def test_a_service_that_gives_only_a_generic_handler_is_served_and_observed():
     """Code generated before grpcio 1.63 hands the server no method table, only a
     generic handler: the registrar still serves (and observes) its methods, and a
     method nobody serves is UNIMPLEMENTED."""
     from agent_runtime.grpc.instrument import ObservedRegistrar
 
-    ended: list[tuple[str, object]] = []
-
-    class Probe:
-        def __init__(self, method: str) -> None:
-            self.name = method
-
-        def begin(self, context):
-            return None
-
-        def end(self, token, code) -> None:
-            ended.append((self.name, code))
-
-    class Observer:
-        def method(self, service: str, method: str, grpc_type: str) -> Probe:
-            return Probe(f"{service}/{method}/{grpc_type}")
-
     async def echo(request: bytes, context) -> bytes:
         return request
 
+    observer = RecordingObserver()
     server = grpc.aio.server()
-    registrar = ObservedRegistrar(server, [Observer()])
+    registrar = ObservedRegistrar(server, [observer])
     registrar.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
         "old.Echo", {"Say": grpc.unary_unary_rpc_method_handler(echo)}),))
     port = server.add_insecure_port("127.0.0.1:0")
@@ -198,8 +194,8 @@ async def test_a_service_that_gives_only_a_generic_handler_is_served_and_observe
             assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
     finally:
         await server.stop(grace=0)
-    assert [name for name, _ in ended] == ["old.Echo/Say/unary"] * 2
-    assert all(code in (grpc.StatusCode.OK, 0) for _, code in ended)
+    assert [name for name, _ in observer.ended] == ["old.Echo/Say/unary"] * 2
+    assert all(code in (grpc.StatusCode.OK, 0) for _, code in observer.ended)
 
 
 async def test_a_gated_method_is_answered_by_its_stand_in_observed_as_the_method():
@@ -211,20 +207,14 @@ async def test_a_gated_method_is_answered_by_its_stand_in_observed_as_the_method
     from agent_runtime.grpc.instrument import ObservedRegistrar
     from agent_runtime.grpc.servicer import SERVICE_NAME, AgentRuntimeServicer, method_handlers, unread_handlers
 
-    ended: list[tuple[str, object]] = []
-
-    class Observer:
-        def method(self, service: str, method: str, grpc_type: str):
-            name = f"{method}/{grpc_type}"
-            return SimpleNamespace(begin=lambda context: None, end=lambda token, code: ended.append((name, code)))
-
     async def echo(input):
         return input
 
     asked: list[bool] = []
+    observer = RecordingObserver()
     servicer = AgentRuntimeServicer(SessionManager(echo))
     server = grpc.aio.server()
-    registrar = ObservedRegistrar(server, [Observer()])
+    registrar = ObservedRegistrar(server, [observer])
     registrar.add_registered_method_handlers(SERVICE_NAME, method_handlers(servicer))
     registrar.add_gates(SERVICE_NAME, lambda: asked.append(True) or True, unread_handlers(servicer))
     port = server.add_insecure_port("127.0.0.1:0")
@@ -245,6 +235,6 @@ async def test_a_gated_method_is_answered_by_its_stand_in_observed_as_the_method
     finally:
         await server.stop(grace=0)
     assert len(asked) == 3  # asked for the gated methods only
-    assert [(name, code in (grpc.StatusCode.OK, 0)) for name, code in ended] == [
-        ("Invoke/unary", True), ("InvokeStream/server_stream", True), ("Invoke/unary", False),
-        ("ListAgents/unary", True)]
+    assert [(name, code in (grpc.StatusCode.OK, 0)) for name, code in observer.ended] == [
+        (f"{SERVICE_NAME}/Invoke/unary", True), (f"{SERVICE_NAME}/InvokeStream/server_stream", True),
+        (f"{SERVICE_NAME}/Invoke/unary", False), (f"{SERVICE_NAME}/ListAgents/unary", True)]

@@ -10,9 +10,6 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from prometheus_client import CollectorRegistry
 
 from agent_runtime import Overloaded, RuntimeServer, ServerConfig, SessionManager
@@ -238,10 +235,14 @@ def test_metric_names_clash_is_refused():
         GrpcMetrics(registry)
 
 
-async def test_calls_refused_by_token_auth_are_counted_and_traced(serve, channel_to):
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
+def _rpc_span_codes(exporter) -> list[str]:
+    """The status codes of the AgentRuntime server spans exported, sorted."""
+    return sorted(span.attributes["rpc.response.status_code"] for span in exporter.get_finished_spans()
+                  if span.name.startswith("agent_runtime.v1.AgentRuntime/"))
+
+
+async def test_calls_refused_by_token_auth_are_counted_and_traced(serve, channel_to, spans):
+    provider, exporter = spans
     port = free_port()
     server = await serve(metrics_port=port, auth_token="s3cret", tracer_provider=provider)
     client = stub(channel_to(server.address))
@@ -255,19 +256,14 @@ async def test_calls_refused_by_token_auth_are_counted_and_traced(serve, channel
                                     ("server_stream", "InvokeStream", "UNAUTHENTICATED")):
         assert sample(samples, "grpc_server_handled_total", grpc_type=grpc_type, grpc_method=method,
                       grpc_service="agent_runtime.v1.AgentRuntime", grpc_code=code) == 1
-    codes = sorted(span.attributes["rpc.response.status_code"] for span in exporter.get_finished_spans()
-                   if span.name.startswith("agent_runtime.v1.AgentRuntime/"))
-    assert codes == ["OK", "UNAUTHENTICATED", "UNAUTHENTICATED"]
-    provider.shutdown()
+    assert _rpc_span_codes(exporter) == ["OK", "UNAUTHENTICATED", "UNAUTHENTICATED"]
 
 
-async def test_calls_refused_unread_are_counted_and_traced_as_their_methods(serve, channel_to):
+async def test_calls_refused_unread_are_counted_and_traced_as_their_methods(serve, channel_to, spans):
     """A server of one agent refuses over capacity before it reads the request (see
     test_admission); those calls count and trace as Invoke and InvokeStream, the run as
     rejected, and token auth still answers first."""
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    provider, exporter = spans
     port = free_port()
     server = await serve(Scripted(), metrics_port=port, auth_token="s3cret", tracer_provider=provider,
                          max_concurrency=1, max_queue=0)
@@ -287,7 +283,4 @@ async def test_calls_refused_unread_are_counted_and_traced_as_their_methods(serv
         assert sample(samples, "grpc_server_handled_total", grpc_type=grpc_type, grpc_method=method,
                       grpc_service="agent_runtime.v1.AgentRuntime", grpc_code=code) == 1
     assert sample(samples, "agent_runtime_runs_total", agent=AGENT, status="rejected") == 2
-    codes = sorted(span.attributes["rpc.response.status_code"] for span in exporter.get_finished_spans()
-                   if span.name.startswith("agent_runtime.v1.AgentRuntime/"))
-    assert codes == ["CANCELLED", "RESOURCE_EXHAUSTED", "RESOURCE_EXHAUSTED", "UNAUTHENTICATED"]
-    provider.shutdown()
+    assert _rpc_span_codes(exporter) == ["CANCELLED", "RESOURCE_EXHAUSTED", "RESOURCE_EXHAUSTED", "UNAUTHENTICATED"]
