@@ -71,7 +71,7 @@ def run(bench: Bench) -> Section:
     section.targets.append(ratio_target("overload: rejected calls/s / served calls/s",
                                         rates[REJECTING], rates[SERVING], 1.0))
     section.notes.append("Server-counted OK for the serving runtime, RESOURCE_EXHAUSTED for the rejecting one. "
-                         "A server of several agents reads the agent a request names before it refuses, "
+                         "A server of several agents reads and checks the request before it refuses, "
                          "which makes each refusal dearer (see the instructions section).")
     return section
 

@@ -110,28 +110,25 @@ async def test_over_capacity_a_server_of_one_agent_refuses_calls_unread(serve, c
     assert server.manager.admission.in_use == 0
 
 
-async def test_over_capacity_a_server_of_several_agents_reads_only_the_agent_and_user(serve, channel_to):
+async def test_over_capacity_a_server_of_several_agents_checks_the_request_then_refuses(serve, channel_to):
     """With several agents a refusal is counted for the agent the request names, so the
-    request is read, but only its agent and user: its input is read (and found wanting)
-    only when a slot is free."""
+    request is read and checked first: a request that is not valid gets its own status
+    even while every slot is taken, a valid one RESOURCE_EXHAUSTED."""
     blocked, gate = gated()
     server = await serve({"blocked": blocked, "other": blocked}, max_concurrency=1, max_queue=0)
     client = stub(channel_to(server.address))
     holder = asyncio.ensure_future(client.Invoke(pb.InvokeRequest(agent="blocked", input=pb.Payload(text="x"))))
     await wait_until(lambda: server.manager.admission.in_use, "the slot taken")
-    no_input = pb.InvokeRequest(agent="other", metadata={"": "an empty key"})
-    with pytest.raises(grpc.aio.AioRpcError) as err:
-        await client.Invoke(no_input, timeout=10)
-    assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-    with pytest.raises(grpc.aio.AioRpcError) as err:
-        await client.Invoke(pb.InvokeRequest(agent="nope", input=pb.Payload(text="x")), timeout=10)
-    assert err.value.code() == grpc.StatusCode.NOT_FOUND  # the agent is known before admission asks
+    for request, code in ((pb.InvokeRequest(agent="other", metadata={"": "an empty key"}), grpc.StatusCode.INVALID_ARGUMENT),
+                          (pb.InvokeRequest(agent="nope", input=pb.Payload(text="x")), grpc.StatusCode.NOT_FOUND),
+                          (pb.InvokeRequest(agent="other", input=pb.Payload(text="x")), grpc.StatusCode.RESOURCE_EXHAUSTED)):
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await client.Invoke(request, timeout=10)
+        assert err.value.code() == code
     gate.set()
     assert (await holder).output.text == "x"
-    with pytest.raises(grpc.aio.AioRpcError) as err:
-        await client.Invoke(no_input, timeout=10)
-    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert server.manager.admission.rejected == {"other": 1}
+    assert server.manager.admission.in_use == 0
 
 
 async def test_check_says_what_take_would_do_and_takes_nothing():

@@ -26,9 +26,12 @@ class Blob:
 
 def to_python(payload: pb.Payload) -> Any:
     """The agent's view of a request payload; InvalidInput when it is empty."""
+    text = payload.text
+    if text:  # the common case, known without asking which kind is set
+        return text
     kind = payload.WhichOneof("kind")
     if kind == "text":
-        return payload.text
+        return text
     if kind == "structured":
         if payload.structured.WhichOneof("kind") is None:
             raise InvalidInput("input.structured is an empty Value: set one of its kinds")

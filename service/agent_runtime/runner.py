@@ -39,7 +39,7 @@ from .errors import AgentError, AgentRuntimeError, Draining, RunCancelled, RunTi
 from .events import EventBuffer, EventSink, EventType, RunEvent, RunStatus
 
 if TYPE_CHECKING:
-    from .session import Session
+    from .session import Session, SessionManager
 
 logger = logging.getLogger("agent_runtime.run")
 
@@ -109,8 +109,9 @@ class Runner:
     cancellation, listeners, streaming) is read from the class defaults below until a
     run sets it, so a run that needs none of it never pays for it."""
 
-    __slots__ = ("session", "manager", "agent", "input", "metadata", "run_id", "context", "status", "duration",
-                 "_timeout", "_task", "_inline", "_running", "_started", "_ended", "_admitted", "_outcome", "__dict__")
+    __slots__ = ("manager", "agent", "input", "metadata", "run_id", "user_id", "session_id", "context", "status",
+                 "duration", "_timeout", "_task", "_inline", "_running", "_started", "_ended", "_admitted",
+                 "_outcome", "_listeners", "_loose_ends", "__dict__")
 
     queue_wait = 0.0
     input_tokens = 0
@@ -119,7 +120,6 @@ class Runner:
     _done: asyncio.Future | None = None
     _released: asyncio.Future | None = None
     _buffer: EventBuffer | None = None  # the caller's stream, one of the listeners
-    _listeners: tuple[EventSink, ...] = ()
     _timer: asyncio.TimerHandle | None = None
     _grace_timer: asyncio.TimerHandle | None = None
     _seq = 0
@@ -129,19 +129,32 @@ class Runner:
     _cancelling = 0  # the caller's task's outstanding cancels when the run began
     _abandoned = False
 
-    def __init__(self, session: "Session", agent: AgentSpec, input: Any, *,
-                 metadata: Mapping[str, str] | None = None, timeout: float | None = None) -> None:
-        manager = self.manager = session.manager
-        self.session = session
+    def __init__(self, manager: "SessionManager", agent: AgentSpec, input: Any, user_id: str = "",
+                 session_id: str = "", metadata: Mapping[str, str] | None = None,
+                 timeout: float | None = None) -> None:
+        """A run of `agent` for `user_id` in session `session_id`; a run that names no
+        session starts one, called by the run's id (a unary call needs no second id).
+
+        Callers on the hot path pass the arguments by position: keywords to a class
+        cost a dict per call (about 2k instructions, callgrind says)."""
+        self.manager = manager
         self.agent = agent
         self.input = input
         self.metadata = metadata or {}
-        self.run_id = new_id()
+        self.run_id = run_id = new_id()
+        self.user_id = user_id
+        self.session_id = session_id or run_id
         self.context: RunContext | None = None
         self.status: RunStatus | None = None
         self.duration = 0.0
-        limits = [limit for limit in (timeout, agent.timeout, manager.default_timeout) if limit]
-        self._timeout = min(limits) if limits else None
+        # The tightest of the run's, the agent's and the server's time limits (0 or None: none).
+        limit = agent.timeout
+        default = manager.default_timeout
+        if default and not (limit and limit <= default):
+            limit = default
+        if timeout and not (limit and limit <= timeout):
+            limit = timeout
+        self._timeout = limit or None
         self._task: asyncio.Task | None = None  # the task the agent executes in: the caller's
         self._inline = False  # own (result()) or the run's (events())
         self._running = False
@@ -149,6 +162,17 @@ class Runner:
         self._ended = False
         self._admitted = False
         self._outcome: tuple[bool, Any] = (False, None)  # of an inline run, for a second result()
+        self._listeners: tuple[EventSink, ...] = ()
+        # Set once a grace timer, a wait for the release or a streamed run's future exists:
+        # what `_release` settles besides the slot (most runs have none of them).
+        self._loose_ends = False
+
+    @property
+    def session(self) -> "Session":
+        """The session this run belongs to (its history, for agents that keep one)."""
+        from .session import Session
+
+        return Session(self.manager, self.user_id, self.session_id)
 
     # -- admission ---------------------------------------------------------
     async def __aenter__(self) -> "Runner":
@@ -167,19 +191,20 @@ class Runner:
         if self._admitted:
             # Bounded: the agent ends or is abandoned `cancel_grace` after the cancel.
             # If this wait is cancelled, the slot is still freed then, not now.
+            self._loose_ends = True
             self._released = asyncio.get_running_loop().create_future()
             await self._released
 
     def _take_slot(self) -> bool:
         """Hold a free slot at once (True), or say the run must queue for one (False);
         a refusal raises (`Overloaded`, `Draining`)."""
-        if not self.manager.admission.take(self.session.user_id, self.agent.name):
+        if not self.manager.admission.take(self.user_id, self.agent.name):
             return False
         self._hold()
         return True
 
     async def _queue_for_slot(self) -> None:
-        self.queue_wait = await self.manager.admission.queue(self.session.user_id, self.agent.name)
+        self.queue_wait = await self.manager.admission.queue(self.user_id, self.agent.name)
         self._hold()
 
     def _hold(self) -> None:
@@ -195,23 +220,24 @@ class Runner:
         every run's objects (the caller's task and reply among them) alive until the
         garbage collector's next pass."""
         self._running = False
-        if self._timer is not None:
+        if self._timeout is not None and self._timer is not None:
             self._timer.cancel()
-        if self._grace_timer is not None:
-            self._grace_timer.cancel()
         if self.context is not None:
             self.context.runner = None
         if self._admitted:
             self._admitted = False
             del self.manager._runs[self.run_id]
             held = self.duration if self._ended else time.perf_counter() - self._started  # ended just now
-            self.manager.admission.release(self.session.user_id, self.agent.name, held)
-        released = self._released
-        if released is not None and not released.done():
-            released.set_result(None)
-        done = self._done
-        if done is not None and done.done() and not done.cancelled():
-            done.exception()  # retrieved: a failure nobody awaited is not an unhandled error
+            self.manager.admission.release(self.user_id, self.agent.name, held)
+        if self._loose_ends:
+            if self._grace_timer is not None:
+                self._grace_timer.cancel()
+            released = self._released
+            if released is not None and not released.done():
+                released.set_result(None)
+            done = self._done
+            if done is not None and done.done() and not done.cancelled():
+                done.exception()  # retrieved: a failure nobody awaited is not an unhandled error
 
     @property
     def abandoned(self) -> bool:
@@ -247,9 +273,11 @@ class Runner:
         cancelling = task.cancelling()
         if cancelling:
             self._cancelling = cancelling
-        context = self._begin(streaming=False)
+        context = self._begin(False)
         try:
-            coro = context.run(self._agent_coroutine)
+            agent = self.agent  # an async agent called at once: a frame less than through _agent_coroutine
+            coro = (context.run(agent.call, self.input) if agent.kind is CallKind.COROUTINE
+                    else context.run(self._agent_coroutine))
             try:
                 # The first step at once, as asyncio's eager tasks take it: an agent that
                 # finishes without waiting needs nothing more.
@@ -307,6 +335,7 @@ class Runner:
         self.listen(buffer)
         context = self._begin(streaming=True)
         loop = asyncio.get_running_loop()
+        self._loose_ends = True
         self._done = loop.create_future()
         task = self._task = loop.create_task(self._execute(), context=context)
         task.add_done_callback(self._on_task_done, context=context)
@@ -355,14 +384,15 @@ class Runner:
         """Start the run's clock and events; returns the context the agent executes in."""
         if not self._admitted:
             raise RuntimeError("use `async with session.run(...) as runner` before result()")
-        session = self.session
-        run = self.context = RunContext(self.run_id, self.agent.name, session.session_id,
-                                        session.user_id, self.metadata, streaming, self)
+        run = self.context = RunContext(self.run_id, self.agent.name, self.session_id,
+                                        self.user_id, self.metadata, streaming, self)
         self._running = True
         # The run's own context: sinks see it on run.start and run.end, the agent runs in it.
         context = contextvars.copy_context()
         context.run(_current.set, run)
-        if self._wanted(EventType.RUN_START):
+        # Whether anybody wants the run's events (when nobody does, none is built): a sink
+        # routed for them or a listener of this run. Asked where an event may be built, inline.
+        if self.manager.routes[EventType.RUN_START] or self._listeners:
             context.run(self._emit, EventType.RUN_START, EventType.RUN_START, {"queue_wait": self.queue_wait})
         if self._timeout is not None:
             loop = asyncio.get_running_loop()
@@ -371,7 +401,8 @@ class Runner:
         return context
 
     def _agent_coroutine(self) -> Coroutine[Any, Any, Any]:
-        """The coroutine that runs the agent on the run's input, whatever kind it is."""
+        """The coroutine that runs the agent on the run's input, whatever kind it is (called
+        in the run's context: calling an agent may run code of its own)."""
         agent = self.agent
         if agent.kind is CallKind.COROUTINE:
             return agent.call(self.input)
@@ -474,13 +505,9 @@ class Runner:
     def emit_custom(self, name: str, data: Any = None) -> None:
         self.emit(EventType.CUSTOM, {"name": name, "data": data})
 
-    def _wanted(self, route: Any) -> bool:
-        """Whether a sink or a listener of this run wants events of `route` (else none is built)."""
-        return bool(self.manager.routes[route]) or bool(self._listeners)
-
     def _end(self, status: RunStatus, output: Any, error: str) -> None:
         if not self._ended:
-            self._ended_as(status, output, error, self._wanted(status))
+            self._ended_as(status, output, error, bool(self.manager.routes[status] or self._listeners))
 
     def _ended_as(self, status: RunStatus, output: Any, error: str, wanted: bool) -> None:
         self.status = status
@@ -496,7 +523,7 @@ class Runner:
         """`_end` of an inline run, in the run's context when a sink sees its run.end."""
         if self._ended:
             return
-        if self._wanted(status):
+        if self.manager.routes[status] or self._listeners:
             context.run(self._ended_as, status, output, "", True)
         else:
             self._ended_as(status, output, "", False)
@@ -539,6 +566,7 @@ class Runner:
         """(Re)start the `cancel_grace` the agent gets before `_abandon`."""
         if self._grace_timer is not None:
             self._grace_timer.cancel()
+        self._loose_ends = True
         self._grace_timer = asyncio.get_running_loop().call_later(self.manager.cancel_grace, self._abandon)
 
     def _cancel_task(self) -> None:

@@ -47,7 +47,8 @@ class Session:
     def run(self, input: Any, *, agent: str | None = None, metadata: Mapping[str, str] | None = None,
             timeout: float | None = None) -> Runner:
         """A run of `agent` (optional when one agent is served) on `input`."""
-        return Runner(self, self.manager.agent(agent), input, metadata=metadata, timeout=timeout)
+        manager = self.manager
+        return Runner(manager, manager.agent(agent), input, self.user_id, self.session_id, metadata, timeout)
 
     def _history_key(self, agent: str) -> str:
         return "\x1f".join((self.user_id, self.session_id, agent))
@@ -87,6 +88,7 @@ class SessionManager:
         if agent is None:
             raise ValueError("SessionManager needs an agent (or config and shared_builder)")
         self.agents: dict[str, AgentSpec] = agents_from(agent)
+        self._only = next(iter(self.agents.values())) if len(self.agents) == 1 else None
         self.admission = Admission(max_concurrency, max_queue=max_queue,
                                    queue_timeout=queue_timeout, per_user_limit=per_user_limit)
         self.default_timeout = default_timeout or None
@@ -128,8 +130,8 @@ class SessionManager:
     def agent(self, name: str | None = None) -> AgentSpec:
         """The agent called `name`; with no name, the only agent served."""
         if not name:
-            if len(self.agents) == 1:
-                return next(iter(self.agents.values()))
+            if self._only is not None:
+                return self._only
             raise InvalidInput(f"this server serves several agents ({', '.join(self.agents)}); "
                                "name one in the request's `agent` field")
         try:

@@ -68,7 +68,7 @@ class RedpandaRuntimeServicer:
             with spans.scope() if spans is not None else contextlib.nullcontext():
                 async with self.manager.session() as session:
                     async with session.run(input, agent=self.agent, metadata=metadata,
-                                           timeout=_timeout(None, context)) as runner:
+                                           timeout=_timeout(None, context.time_remaining())) as runner:
                         if spans is not None:
                             spans.record(runner)
                         context.set_trailing_metadata((*(context.trailing_metadata() or ()),

@@ -24,13 +24,13 @@ logger = logging.getLogger("agent_runtime.grpc")
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["AgentRuntime"].full_name
 
 
-def _timeout(requested: float | None, context: grpc.aio.ServicerContext) -> float | None:
-    """The run's time limit: the request's, bounded by the client's deadline.
+def _timeout(requested: float | None, remaining: float | None) -> float | None:
+    """The run's time limit: the request's, bounded by the client's deadline, `remaining`
+    seconds away (None: no deadline).
 
     The run ends a little before that deadline (1/10 of the time left, at most
     10 ms), so its DEADLINE_EXCEEDED with the run id still reaches the client: at
     the deadline itself gRPC has ended the call and no status can be sent."""
-    remaining = context.time_remaining()
     if remaining is None:
         return requested
     remaining -= min(remaining / 10, 0.01)
@@ -41,55 +41,41 @@ class AgentRuntimeServicer:
     def __init__(self, manager: SessionManager) -> None:
         self.manager = manager
 
-    def _run(self, request: Any, context: grpc.aio.ServicerContext) -> Runner | AgentRuntimeError:
+    def _run(self, request: Any, context: grpc.aio.ServicerContext) -> Runner:
         """The run `request` asks for, in the caller's session (a Session has nothing to
-        enter or leave, so none is entered: one coroutine pair less per call).
-
-        When admission would refuse the run now, its refusal instead, so shedding load
-        costs less than serving: it is returned, not raised (no exception of ours on the
-        way to the abort), as soon as the request has named its agent and user, before
-        the rest of the request is read or anything is built."""
-        agent, session_id, user_id = messages.run_ids(request)
+        enter or leave, so none is made). It is admitted as it starts: while every slot and
+        the queue are taken, calls of a one-agent server are refused before they are read
+        (`unread_handlers`), so only a per-user cap or a several-agent server refuses here."""
+        agent, session_id, user_id, input, metadata, timeout = messages.run_request(request)
+        remaining = context.time_remaining()
+        if remaining is not None:  # without a deadline, `_timeout` has nothing to do: a call less
+            timeout = _timeout(timeout, remaining)
         manager = self.manager
-        spec = manager.agent(agent)
-        refused = manager.admission.refusal(user_id, spec.name)
-        if refused is not None:
-            return refused
-        input, metadata, timeout = messages.run_input(request)
-        return Runner(manager.session(user_id, session_id), spec, input, metadata=metadata,
-                      timeout=_timeout(timeout, context))
+        return Runner(manager, manager.agent(agent), input, user_id, session_id, metadata, timeout)
 
     async def Invoke(self, request: Any, context: grpc.aio.ServicerContext) -> pb.InvokeResponse:
         runner = None
         try:
-            run = self._run(request, context)
-            if type(run) is Runner:
-                runner = run
-                output = await runner.result()
-                return messages.invoke_response(runner, output)
+            runner = self._run(request, context)
+            return messages.invoke_response(runner, await runner.result())
         except AgentRuntimeError as exc:
             await abort(context, exc)
         except Exception as exc:
             await abort(context, unexpected(exc, runner.run_id if runner is not None else ""))
-        await abort(context, run)  # refused by admission
 
     async def InvokeStream(self, request: Any, context: grpc.aio.ServicerContext) -> None:
         runner = None
         try:
-            run = self._run(request, context)
-            if type(run) is Runner:
-                async with run as runner:
-                    async for batch in runner.event_batches():
-                        for event in batch:
-                            await context.write(messages.event_message(event))
-                    if runner.status is not RunStatus.OK:
-                        await runner.result()  # raises the run's error, for its status code
-                return
+            async with self._run(request, context) as runner:
+                async for batch in runner.event_batches():
+                    for event in batch:
+                        await context.write(messages.event_message(event))
+                if runner.status is not RunStatus.OK:
+                    await runner.result()  # raises the run's error, for its status code
         except AgentRuntimeError as exc:
             await abort(context, exc)
         except Exception as exc:
             await abort(context, unexpected(exc, runner.run_id if runner is not None else ""))
-        await abort(context, run)  # refused by admission
 
     async def InvokeUnread(self, requests: Any, context: grpc.aio.ServicerContext) -> pb.InvokeResponse:
         """Invoke taken while admission refuses every run (see `unread_handlers`)."""
