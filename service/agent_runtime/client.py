@@ -17,7 +17,6 @@ certificate for mTLS) and a bearer token match the server's settings.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import json
 import threading
 from dataclasses import dataclass, field
@@ -316,9 +315,6 @@ class AgentRuntimeClient:
             raise error from None
 
 
-_WAIT_SLICE = 0.1  # seconds between the sync client's looks for signals while it waits
-
-
 class SyncAgentRuntimeClient:
     """Blocking client with the methods of AgentRuntimeClient: `with SyncAgentRuntimeClient(target) as client`.
 
@@ -342,13 +338,8 @@ class SyncAgentRuntimeClient:
         self.config = self._client.config
 
     def _call(self, coro: Any) -> Any:
-        """Run `coro` on the client's loop and wait for it, in slices: Python runs a signal's
-        handler (Ctrl-C's KeyboardInterrupt) in the main thread between bytecodes, and one
-        long wait for the result is not always woken by a signal that lands meanwhile."""
         future = asyncio.run_coroutine_threadsafe(coro, self._loop)
         try:
-            while not future.done():
-                concurrent.futures.wait((future,), timeout=_WAIT_SLICE)
             return future.result()
         except BaseException:
             future.cancel()
