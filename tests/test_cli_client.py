@@ -125,11 +125,18 @@ def test_health(server):
     assert b"NOT_FOUND" in unknown.stderr
 
 
+# `python -m agent_runtime` with Ctrl-C handled as in a terminal. A process started in
+# the background of a non-interactive shell (`cmd &`, as CI scripts may run the suite)
+# inherits SIGINT ignored, and Python keeps it ignored: the client would never see it.
+WITH_CTRL_C = ("import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+               "sys.argv[0] = 'agent_runtime'; runpy.run_module('agent_runtime', run_name='__main__')")
+
+
 def test_ctrl_c_cancels_the_run_and_exits_130(server_process):
     env = {"PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), os.environ["PYTHONPATH"]])}
     server = server_process("--agent", "interop_agents:slow", "--max-concurrency", "1", "--max-queue", "0",
                             env=env)
-    proc = subprocess.Popen([sys.executable, "-m", "agent_runtime", "invoke", "--target", server.address,
+    proc = subprocess.Popen([sys.executable, "-c", WITH_CTRL_C, "invoke", "--target", server.address,
                              "--stream", "-v", "60"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT)
     try:
         first = proc.stderr.readline()
