@@ -302,7 +302,7 @@ class Runner:
                 raise
             raise failure from exc
         else:
-            self._end_in(context, RunStatus.OK, output)
+            self._end(RunStatus.OK, output, "", context)
             self._outcome = (True, output)
             return output
         finally:
@@ -505,9 +505,17 @@ class Runner:
     def emit_custom(self, name: str, data: Any = None) -> None:
         self.emit(EventType.CUSTOM, {"name": name, "data": data})
 
-    def _end(self, status: RunStatus, output: Any, error: str) -> None:
-        if not self._ended:
-            self._ended_as(status, output, error, bool(self.manager.routes[status] or self._listeners))
+    def _end(self, status: RunStatus, output: Any, error: str, context: contextvars.Context | None = None) -> None:
+        """End the run once; its run.end, when anybody wants it, is emitted in `context` (an
+        inline run's own, given from outside it) so sinks see the run's contextvars."""
+        if self._ended:
+            return
+        if not (self.manager.routes[status] or self._listeners):
+            self._ended_as(status, output, error, False)
+        elif context is not None:
+            context.run(self._ended_as, status, output, error, True)
+        else:
+            self._ended_as(status, output, error, True)
 
     def _ended_as(self, status: RunStatus, output: Any, error: str, wanted: bool) -> None:
         self.status = status
@@ -518,15 +526,6 @@ class Runner:
                 "queue_wait": self.queue_wait, "input_tokens": self.input_tokens,
                 "output_tokens": self.output_tokens})
         self._ended = True
-
-    def _end_in(self, context: contextvars.Context, status: RunStatus, output: Any) -> None:
-        """`_end` of an inline run, in the run's context when a sink sees its run.end."""
-        if self._ended:
-            return
-        if self.manager.routes[status] or self._listeners:
-            context.run(self._ended_as, status, output, "", True)
-        else:
-            self._ended_as(status, output, "", False)
 
     # -- cancellation ------------------------------------------------------
     def _on_task_done(self, task: asyncio.Task) -> None:
