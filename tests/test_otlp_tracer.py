@@ -87,6 +87,22 @@ def test_every_span_field_decodes_as_otlp_protobuf(provider_for):
     assert received.resource == {"service.name": "svc"}
 
 
+def test_kept_attribute_fields_stand_only_for_values_of_their_own_type(provider_for):
+    """Text and whole numbers are kept encoded by (key, value); True and 1.0 equal 1, but
+    must not come out as it, and long text and repeats decode the same as the first."""
+    tracer = provider_for().get_tracer("t")
+    long_text = "x" * 300
+    values = [1, True, 1.0, 1, "1", long_text, long_text, 0.0, False, 0]
+    spans = []
+    for value in values:
+        span = tracer.start_span("s", attributes={"v": value})
+        span.end()
+        spans.append(span)
+    received = [span.attributes["v"] for span in _decoded(spans)]
+    assert received == values
+    assert [type(value) for value in received] == [type(value) for value in values]
+
+
 def test_children_of_a_local_span_share_its_trace_and_nest_under_it(provider_for):
     tracer = provider_for().get_tracer("t")
     with tracer.start_as_current_span("outer") as outer:

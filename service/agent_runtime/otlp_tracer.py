@@ -29,6 +29,7 @@ import threading
 import time
 import traceback
 from collections import deque
+from operator import itemgetter
 from typing import Any, Callable, Iterator, Mapping, Protocol, Sequence
 from urllib.parse import unquote, urlparse
 
@@ -36,6 +37,7 @@ import grpc
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags, TraceState
+from opentelemetry.trace.propagation import _SPAN_KEY  # the API's key of the current span in a Context
 
 logger = logging.getLogger("agent_runtime.otlp")
 
@@ -57,11 +59,15 @@ _SMALL = [bytes((n,)) for n in range(0x80)]
 _fixed64 = struct.Struct("<Q").pack
 _double = struct.Struct("<d").pack
 _fixed32 = struct.Struct("<I").pack
+_MASK64 = (1 << 64) - 1
+_first = itemgetter(0)
 
 
 def _varint(n: int) -> bytes:
     if n < 0x80:
         return _SMALL[n]
+    if n < 0x4000:  # a span's length, mostly
+        return bytes((n & 0x7F | 0x80, n >> 7))
     out = bytearray()
     while n >= 0x80:
         out.append((n & 0x7F) | 0x80)
@@ -103,12 +109,21 @@ _keys: dict[str, bytes] = {}
 
 
 def _key_value(key: str, value: Any) -> bytes:
-    """A KeyValue message: the key's bytes are made once per key."""
+    """A KeyValue message: the key's bytes are made once per key; short text is
+    encoded here, without a call per nested message."""
     encoded = _keys.get(key)
     if encoded is None:
         encoded = _delimited(b"\x0a", str(key).encode("utf-8", "replace"))
         if len(_keys) < _CACHE_LIMIT:
             _keys[key] = encoded
+    kind = type(value)
+    if kind is str:
+        text = value.encode("utf-8", "replace")
+        n = len(text)
+        if n < 0x7E:
+            return encoded + b"\x12" + _SMALL[n + 2] + b"\x0a" + _SMALL[n] + text
+    elif kind is float:
+        return encoded + b"\x12\x09\x21" + _double(value)
     return encoded + _delimited(b"\x12", _any_value(value))
 
 
@@ -120,27 +135,24 @@ def _attributes(tag: bytes, attributes: Mapping[str, Any]) -> bytes:
 _encoded_attributes: dict[tuple[str, Any], bytes] = {}
 
 
-def _span_attributes(attributes: Mapping[str, Any]) -> list[bytes]:
-    """A span's attribute fields. Those with text or whole-number values are kept encoded:
-    most repeat on every span (method, agent, operation, status), and encoding them was
-    half of what a span cost. Unique ones (run ids) fill the cache too, so it starts
-    over when full."""
-    fields = []
-    cache = _encoded_attributes
-    for item in attributes.items():
-        kind = type(item[1])
-        if kind is str or kind is int:  # exactly: True and 1.0 are equal to 1, but not encoded as it
-            field = cache.get(item)
-            if field is None:
-                if len(cache) >= _CACHE_LIMIT:
-                    cache.clear()
-                field = cache[item] = _delimited(b"\x4a", _key_value(*item))
-        elif item[1] is None:
-            continue
-        else:
-            field = _delimited(b"\x4a", _key_value(*item))
-        fields.append(field)
-    return fields
+def _span_attribute(item: tuple[str, Any]) -> bytes:
+    """One attribute field of a span (nothing for a None value). Text and whole numbers
+    are kept encoded: most repeat on every span (method, agent, operation, status), and
+    encoding them was half of what a span cost. Unique ones (run ids) fill the cache
+    too, so it starts over when full. A cached field is only used for a value of exactly
+    its type: True and 1.0 are equal to 1, but not encoded as it."""
+    value = item[1]
+    if value is None:
+        return b""
+    body = _key_value(*item)
+    n = len(body)
+    field = b"\x4a" + (_SMALL[n] if n < 0x80 else _varint(n)) + body
+    kind = type(value)
+    if kind is str or kind is int:
+        if len(_encoded_attributes) >= _CACHE_LIMIT:
+            _encoded_attributes.clear()
+        _encoded_attributes[item] = field
+    return field
 
 
 def _scope(name: str, version: str | None) -> bytes:
@@ -152,12 +164,18 @@ def _scope(name: str, version: str | None) -> bytes:
 
 
 def export_request(resource: bytes, batch: Sequence[tuple[bytes, bytes]]) -> bytes:
-    """An ExportTraceServiceRequest of encoded spans, each `(scope, span)`, grouped by scope."""
-    by_scope: dict[bytes, list[bytes]] = {}
-    for scope, span in batch:
-        by_scope.setdefault(scope, []).append(span)
-    scopes = b"".join(_delimited(b"\x12", scope + b"".join(spans)) for scope, spans in by_scope.items())
-    return _delimited(b"\x0a", resource + scopes)
+    """An ExportTraceServiceRequest of encoded spans, each `(scope, span)`, grouped by scope
+    (a pass over the batch per scope: there are few, mostly one). Its bytes are joined
+    once, not copied at each level of nesting."""
+    parts: list[bytes] = []
+    size = len(resource)
+    for scope in dict.fromkeys(map(_first, batch)):
+        spans = [span for owner, span in batch if owner == scope]
+        n = len(scope) + sum(map(len, spans))
+        header = b"\x12" + _varint(n)
+        parts += (header, scope, *spans)
+        size += len(header) + n
+    return b"".join((b"\x0a", _varint(size), resource, *parts))
 
 
 def resource_field(attributes: Mapping[str, Any]) -> bytes:
@@ -301,28 +319,30 @@ class Span(trace.Span):
 
     def _encoded(self) -> bytes:
         """This span as the `spans` field of a ScopeSpans message (the hot path of tracing:
-        as few calls as it can take)."""
-        parent = self._parent
-        parts = [b"\x0a\x10", self.trace_id.to_bytes(16, "big"), b"\x12\x08", self.span_id.to_bytes(8, "big")]
+        as few calls and as few bytes objects as it can take)."""
+        trace_id, parent = self.trace_id, self._parent
+        parts = [_ids(0x0A10, trace_id >> 64, trace_id & _MASK64, 0x1208, self.span_id)]
         if self._trace_state is not _EMPTY_STATE and self._trace_state:
             parts.append(_delimited(b"\x1a", self._trace_state.to_header().encode()))
         flags = _LOCAL_PARENT
         if parent is not None:
-            parts += (b"\x22\x08", parent.span_id.to_bytes(8, "big"))
+            parts.append(_parent_id(0x2208, parent.span_id))
             if type(parent) is not Span and parent.is_remote:
                 flags = _REMOTE_PARENT
         name = self._tracer.names.get(self._name)
         if name is None:
             name = self._tracer.name_field(self._name)
         parts += (name, _KIND[id(self._kind)], _times(0x39, self._start, 0x41, self._end))
-        if self._attributes:
-            parts += _span_attributes(self._attributes)
+        cache = _encoded_attributes
+        for item in self._attributes.items():
+            kind = type(item[1])
+            field = cache.get(item) if kind is str or kind is int else None  # (others may not hash)
+            parts.append(field or _span_attribute(item))
         if self._events:
             parts += self._events
         for link in self._links:
             linked = link.context
-            body = (b"\x0a\x10" + linked.trace_id.to_bytes(16, "big") + b"\x12\x08"
-                    + linked.span_id.to_bytes(8, "big"))
+            body = _ids(0x0A10, linked.trace_id >> 64, linked.trace_id & _MASK64, 0x1208, linked.span_id)
             if link.attributes:
                 body += _attributes(b"\x22", link.attributes)
             parts.append(_delimited(b"\x6a", body + b"\x35" + _fixed32(int(linked.trace_flags))))
@@ -350,24 +370,31 @@ _KIND = {id(kind): b"\x30" + _SMALL[kind.value + 1] for kind in SpanKind}
 _LOCAL_PARENT = b"\x85\x01" + _fixed32(0x01 | _HAS_IS_REMOTE)
 _REMOTE_PARENT = b"\x85\x01" + _fixed32(0x01 | _HAS_IS_REMOTE | _IS_REMOTE)
 _times = struct.Struct("<BQBQ").pack  # start and end, each with its field tag
+# The trace id (two halves) and span id, each with its tag and length; a parent's id.
+_ids = struct.Struct(">HQQHQ").pack
+_parent_id = struct.Struct(">HQ").pack
 _new_tuple = tuple.__new__
 
 
 # -- sampling -------------------------------------------------------------------
-def _ratio(rate: float) -> Callable[[int], bool]:
+# A root sampler decides by trace id; None samples every trace without a call.
+Sample = Callable[[int], bool] | None
+
+
+def _ratio(rate: float) -> Sample:
     """TraceIdRatioBased: the same decision as the SDK's for the same trace id."""
     bound = round(rate * (1 << 64))
     return lambda trace_id: (trace_id & 0xFFFFFFFFFFFFFFFF) < bound
 
 
-_ROOT_SAMPLERS: dict[str, Callable[[float], Callable[[int], bool]]] = {
-    "always_on": lambda _: lambda trace_id: True,
+_ROOT_SAMPLERS: dict[str, Callable[[float], Sample]] = {
+    "always_on": lambda _: None,
     "always_off": lambda _: lambda trace_id: False,
     "traceidratio": _ratio,
 }
 
 
-def sampler_from_env(environ: Mapping[str, str]) -> tuple[Callable[[int], bool], bool]:
+def sampler_from_env(environ: Mapping[str, str]) -> tuple[Sample, bool]:
     """The root sampler `OTEL_TRACES_SAMPLER` names, and whether a parent's decision is followed."""
     name = environ.get("OTEL_TRACES_SAMPLER", "parentbased_always_on").strip().lower() or "parentbased_always_on"
     parent_based = name.startswith("parentbased_")
@@ -406,20 +433,21 @@ class Tracer(trace.Tracer):
                    kind: SpanKind = SpanKind.INTERNAL, attributes: Mapping[str, Any] | None = None,
                    links: Sequence[trace.Link] | None = None, start_time: int | None = None,
                    record_exception: bool = True, set_status_on_exception: bool = True) -> trace.Span:
-        parent_span = trace.get_current_span(context)
+        # The parent as `trace.get_current_span(context)` finds it, three calls fewer.
+        parent_span = (otel_context.get_current() if context is None else context).get(_SPAN_KEY)
         if type(parent_span) is Span:  # one of ours (recording, so sampled): no SpanContext to build
             parent, trace_id, state, sampled = parent_span, parent_span.trace_id, parent_span._trace_state, True
         else:
-            parent = parent_span.get_span_context()
-            if parent.is_valid:
+            parent = parent_span.get_span_context() if isinstance(parent_span, trace.Span) else None
+            if parent is not None and parent.is_valid:
                 trace_id, state, sampled = parent.trace_id, parent.trace_state, parent.trace_flags.sampled
             else:
                 parent, trace_id, state, sampled = None, 0, _EMPTY_STATE, False
         if not trace_id:
             trace_id = random.getrandbits(128) or 1
-            sampled = self._sample(trace_id)
+            sampled = self._sample is None or self._sample(trace_id)
         elif not self._parent_based:
-            sampled = self._sample(trace_id)
+            sampled = self._sample is None or self._sample(trace_id)
         span_id = random.getrandbits(64) or 1
         if not sampled:
             return trace.NonRecordingSpan(SpanContext(trace_id, span_id, False, _UNSAMPLED, state))
@@ -455,7 +483,7 @@ class TracerProvider(trace.TracerProvider):
     the standard variables. Span processors (`add_span_processor`) see each span as the
     SDK's do, `on_start` and `on_end`; `shutdown()` sends what is queued, once."""
 
-    def __init__(self, export: "BatchExport", sampler: tuple[Callable[[int], bool], bool],
+    def __init__(self, export: "BatchExport", sampler: tuple[Sample, bool],
                  limits: tuple[int, int] = (128, 128)) -> None:
         self.export = export
         self.sampler = sampler
