@@ -65,7 +65,7 @@ class _RpcSpans:
         token = otel_context.attach(trace.set_span_in_context(span, parent))
         trace_id = span.get_span_context().trace_id
         if trace_id:
-            context.set_trailing_metadata(((TRACE_ID_KEY, format(trace_id, "032x")),))
+            context.set_trailing_metadata(((TRACE_ID_KEY, "%032x" % trace_id),))
         return span, token
 
     def end(self, token: tuple[trace.Span, object], code: grpc.StatusCode) -> None:
@@ -164,7 +164,7 @@ class TracingSink:
         run.scratch["span"] = span
         trace_id = span.get_span_context().trace_id
         if trace_id:
-            run.scratch["trace_id"] = format(trace_id, "032x")
+            run.scratch["trace_id"] = "%032x" % trace_id
         # Current for the rest of the run's own task (whose context dies with it), so spans
         # the agent's code makes itself nest under the run.
         otel_context.attach(trace.set_span_in_context(span))
