@@ -132,26 +132,28 @@ def _attributes(tag: bytes, attributes: Mapping[str, Any]) -> bytes:
                      if value is not None])
 
 
-_encoded_attributes: dict[tuple[str, Any], bytes] = {}
+# Span attribute fields kept encoded, by (key, value), one cache per exact type of value:
+# True and 1.0 equal 1, so one cache for all would encode them as it.
+_ENCODED_TEXT: dict[tuple[str, Any], bytes] = {}
+_ENCODED_BY_TYPE: dict[type, dict[tuple[str, Any], bytes]] = {str: _ENCODED_TEXT, int: {}, float: {}, bool: {}}
 
 
 def _span_attribute(item: tuple[str, Any]) -> bytes:
-    """One attribute field of a span (nothing for a None value). Text and whole numbers
-    are kept encoded: most repeat on every span (method, agent, operation, status), and
-    encoding them was half of what a span cost. Unique ones (run ids) fill the cache
-    too, so it starts over when full. A cached field is only used for a value of exactly
-    its type: True and 1.0 are equal to 1, but not encoded as it."""
+    """One attribute field of a span (nothing for a None value). Fields of text, number
+    and bool values are kept: most repeat on every span (method, agent, operation,
+    status), and encoding them was half of what a span cost. Unique ones (run ids)
+    fill a cache too, so it starts over when full."""
     value = item[1]
     if value is None:
         return b""
     body = _key_value(*item)
     n = len(body)
     field = b"\x4a" + (_SMALL[n] if n < 0x80 else _varint(n)) + body
-    kind = type(value)
-    if kind is str or kind is int:
-        if len(_encoded_attributes) >= _CACHE_LIMIT:
-            _encoded_attributes.clear()
-        _encoded_attributes[item] = field
+    cache = _ENCODED_BY_TYPE.get(type(value))
+    if cache is not None:
+        if len(cache) >= _CACHE_LIMIT:
+            cache.clear()
+        cache[item] = field
     return field
 
 
@@ -261,6 +263,11 @@ class Span(trace.Span):
             return
         own = self._attributes
         limit = self._tracer.limits[0]
+        if len(own) + len(attributes) <= limit:  # room for all: no key to count
+            for key, value in attributes.items():
+                if value is not None:
+                    own[key] = value
+            return
         for key, value in attributes.items():
             if value is not None:
                 if key not in own and len(own) >= limit:
@@ -333,11 +340,11 @@ class Span(trace.Span):
         if name is None:
             name = self._tracer.name_field(self._name)
         parts += (name, _KIND[id(self._kind)], _times(0x39, self._start, 0x41, self._end))
-        cache = _encoded_attributes
+        caches = _ENCODED_BY_TYPE
         for item in self._attributes.items():
-            kind = type(item[1])
-            field = cache.get(item) if kind is str or kind is int else None  # (others may not hash)
-            parts.append(field or _span_attribute(item))
+            kind = type(item[1])  # (values of other types may not hash)
+            cache = _ENCODED_TEXT if kind is str else caches.get(kind)
+            parts.append(cache is not None and cache.get(item) or _span_attribute(item))
         if self._events:
             parts += self._events
         for link in self._links:
