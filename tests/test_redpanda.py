@@ -14,6 +14,7 @@ import grpc
 import pytest
 from google.protobuf import timestamp_pb2
 
+import agents_for_tests
 import interop_agents
 from agent_runtime import echo
 from agent_runtime._proto.redpanda.runtime.v1alpha1 import agent_pb2 as pb
@@ -50,6 +51,19 @@ async def test_structured_input_with_bytes_and_nested_values_round_trips(whoami_
     out = value_to_python(reply.message.structured)
     assert out["input"] == NESTED
     assert not reply.message.HasField("error")
+
+
+async def test_each_call_is_a_run_whose_session_is_named_by_its_run_id(serve, channel_to):
+    server = await serve({"echo": echo.echo_agent, "ids": agents_for_tests.whoami}, redpanda_agent="ids")
+    invoke = stubs(channel_to(server.address))["AgentRuntime"].InvokeAgent
+    seen = []
+    for _ in range(2):
+        call = invoke(pb.InvokeAgentRequest(message=mpb.Message(bytes=b"x")))
+        out = value_to_python((await call).message.structured)
+        assert out["session_id"] == out["run_id"] and out["user_id"] == ""
+        assert dict(await call.trailing_metadata())[RUN_ID_KEY] == out["run_id"]
+        seen.append(out["run_id"])
+    assert seen[0] != seen[1]
 
 
 @pytest.mark.parametrize("service", ["AgentRuntime", "Runtime"])

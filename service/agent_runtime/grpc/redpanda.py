@@ -66,20 +66,22 @@ class RedpandaRuntimeServicer:
             message = request.message
             input, metadata = message_input(message), message_metadata(message)
             with spans.scope() if spans is not None else contextlib.nullcontext():
-                async with self.manager.session() as session:
-                    async with session.run(input, agent=self.agent, metadata=metadata,
-                                           timeout=_timeout(None, context.time_remaining())) as runner:
-                        if spans is not None:
-                            spans.record(runner)
-                        context.set_trailing_metadata((*(context.trailing_metadata() or ()),
-                                                       (RUN_ID_KEY, runner.run_id)))
-                        try:
-                            output = await runner.result()
-                            reply = output_message(output, message, runner.run_id)
-                        except AgentRuntimeError as exc:
-                            if not (failure_in_message and _ran(runner)):
-                                raise
-                            reply = failed_message(message, exc.message)
+                # A run of no session of its own: its session is named by its run id, as a
+                # run on our own API that names none.
+                manager = self.manager
+                async with Runner(manager, manager.agent(self.agent), input, "", "", metadata,
+                                  _timeout(None, context.time_remaining())) as runner:
+                    if spans is not None:
+                        spans.record(runner)
+                    context.set_trailing_metadata((*(context.trailing_metadata() or ()),
+                                                   (RUN_ID_KEY, runner.run_id)))
+                    try:
+                        output = await runner.result()
+                        reply = output_message(output, message, runner.run_id)
+                    except AgentRuntimeError as exc:
+                        if not (failure_in_message and _ran(runner)):
+                            raise
+                        reply = failed_message(message, exc.message)
             return pb.InvokeAgentResponse(message=reply, trace=spans.trace() if spans is not None else None)
         except AgentRuntimeError as exc:
             await abort(context, exc)
