@@ -6,6 +6,7 @@ call is checked with it by test_tracing.py (the `spans` fixture runs both provid
 
 from __future__ import annotations
 
+import math
 import random
 import ssl
 import threading
@@ -101,6 +102,12 @@ def test_kept_attribute_fields_stand_only_for_values_of_their_own_type(provider_
     received = [span.attributes["v"] for span in _decoded(spans)]
     assert received == values
     assert [type(value) for value in received] == [type(value) for value in values]
+    zeros = []
+    for value in (0.0, -0.0):  # equal, but not the same double
+        span = tracer.start_span("s", attributes={"zero": value})
+        span.end()
+        zeros.append(span)
+    assert [math.copysign(1, span.attributes["zero"]) for span in _decoded(zeros)] == [1, -1]
 
 
 def test_children_of_a_local_span_share_its_trace_and_nest_under_it(provider_for):

@@ -136,14 +136,15 @@ def _attributes(tag: bytes, attributes: Mapping[str, Any]) -> bytes:
 
 
 # Span attribute fields kept encoded, by (key, value), one cache per exact type of value:
-# True and 1.0 equal 1, so one cache for all would encode them as it.
+# True and 1.0 equal 1, so one cache for all would encode them as it. Not floats: -0.0
+# equals 0.0 but is not encoded as it.
 _ENCODED_TEXT: dict[tuple[str, Any], bytes] = {}
-_ENCODED_BY_TYPE: dict[type, dict[tuple[str, Any], bytes]] = {str: _ENCODED_TEXT, int: {}, float: {}, bool: {}}
+_ENCODED_BY_TYPE: dict[type, dict[tuple[str, Any], bytes]] = {str: _ENCODED_TEXT, int: {}, bool: {}}
 
 
 def _span_attribute(item: tuple[str, Any]) -> bytes:
-    """One attribute field of a span (nothing for a None value). Fields of text, number
-    and bool values are kept: most repeat on every span (method, agent, operation,
+    """One attribute field of a span (nothing for a None value). Fields of text, whole
+    number and bool values are kept: most repeat on every span (method, agent, operation,
     status), and encoding them was half of what a span cost. Unique ones (run ids)
     fill a cache too, so it starts over when full."""
     value = item[1]
