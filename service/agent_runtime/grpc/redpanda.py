@@ -2,8 +2,8 @@
 
 One servicer answers both names the protocol has had: `AgentRuntime` (current)
 and `Runtime` (its first version). Like the AgentRuntime servicer, each call is
-one session and one run through the SessionManager, so both protocols share the
-same admission limits. What it does better than Redpanda's own runtime:
+one run through the SessionManager (its session named by its run id), so both
+protocols share the same admission limits. What it does better than Redpanda's own runtime:
 bytes values at any depth work, the Message metadata reaches the agent
 (`RunContext.metadata`), a run that fails is answered on `AgentRuntime` with the
 input message flagged by the protocol's `error` field (so a pipeline can route
