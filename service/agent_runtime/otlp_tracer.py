@@ -267,14 +267,10 @@ class Span(trace.Span):
             return
         own = self._attributes
         limit = self._tracer.limits[0]
-        if len(own) + len(attributes) <= limit:  # room for all: no key to count
-            for key, value in attributes.items():
-                if value is not None:
-                    own[key] = value
-            return
+        crowded = len(own) + len(attributes) > limit  # (else there is room for all: no key to count)
         for key, value in attributes.items():
             if value is not None:
-                if key not in own and len(own) >= limit:
+                if crowded and key not in own and len(own) >= limit:
                     self._dropped += 1
                 else:
                     own[key] = value
