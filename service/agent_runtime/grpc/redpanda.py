@@ -3,8 +3,8 @@
 One servicer answers both names the protocol has had: `AgentRuntime` (current)
 and `Runtime` (its first version). Like the AgentRuntime servicer, each call is
 one run through the SessionManager (its session named by its run id), so both
-protocols share the same admission limits. What it does better than Redpanda's own runtime:
-bytes values at any depth work, the Message metadata reaches the agent
+protocols share the same admission limits. What it does better than Redpanda's
+own runtime: bytes values at any depth work, the Message metadata reaches the agent
 (`RunContext.metadata`), a run that fails is answered on `AgentRuntime` with the
 input message flagged by the protocol's `error` field (so a pipeline can route
 it), and SIGTERM drains. Failures before a run starts (bad request, over
