@@ -94,6 +94,17 @@ async def test_output_without_wire_form_is_internal(serve, channel_to):
     assert "output cannot be sent" in err.details() and "object" in err.details()
 
 
+async def test_text_output_that_is_not_utf8_is_internal(serve, channel_to):
+    async def lone_surrogate(input):
+        return "half a pair: \ud800"
+
+    server = await serve(lone_surrogate)
+    err = await invoke_error(stub(channel_to(server.address)), text("x"))
+    assert err.code() == grpc.StatusCode.INTERNAL
+    assert "output cannot be sent" in err.details() and "surrogates not allowed" in err.details()
+    assert dict(err.trailing_metadata())["agent-runtime-run-id"]
+
+
 async def test_agent_raising_domain_error_keeps_its_code(serve, channel_to):
     from agent_runtime import InvalidInput
 

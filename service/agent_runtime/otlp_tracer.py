@@ -42,6 +42,10 @@ from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, Trace
 # nested and continued spans fail if the API changes it).
 from opentelemetry.trace.propagation import _SPAN_KEY
 
+from .protowire import SMALL as _SMALL
+from .protowire import delimited as _delimited
+from .protowire import varint as _varint
+
 logger = logging.getLogger("agent_runtime.otlp")
 
 _EXPORT_METHOD = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
@@ -57,32 +61,12 @@ _EMPTY_STATE = TraceState()
 _HAS_IS_REMOTE, _IS_REMOTE = 0x100, 0x200
 _CACHE_LIMIT = 4096  # encoded keys and names kept, so agents' own keys cannot grow it without bound
 
-# -- protobuf encoding ----------------------------------------------------------
-_SMALL = [bytes((n,)) for n in range(0x80)]
+# -- protobuf encoding (protowire's helpers, module globals here) ----------------
 _fixed64 = struct.Struct("<Q").pack
 _double = struct.Struct("<d").pack
 _fixed32 = struct.Struct("<I").pack
 _MASK64 = (1 << 64) - 1
 _first = itemgetter(0)
-
-
-def _varint(n: int) -> bytes:
-    if n < 0x80:
-        return _SMALL[n]
-    if n < 0x4000:  # a span's length, mostly
-        return bytes((n & 0x7F | 0x80, n >> 7))
-    out = bytearray()
-    while n >= 0x80:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
-def _delimited(tag: bytes, payload: bytes) -> bytes:
-    """A length-delimited field: `tag`, the payload's length, the payload."""
-    n = len(payload)
-    return tag + (_SMALL[n] if n < 0x80 else _varint(n)) + payload
 
 
 def _any_value(value: Any) -> bytes:

@@ -178,7 +178,9 @@ class Runner:
     async def __aenter__(self) -> "Runner":
         if self._admitted or self._task is not None:
             raise RuntimeError("a run is admitted once; start another with session.run()")
-        if not self._take_slot():
+        if self.manager.admission.take(self.user_id, self.agent.name):
+            self._hold()
+        else:
             await self._queue_for_slot()
         return self
 
@@ -195,15 +197,9 @@ class Runner:
             self._released = asyncio.get_running_loop().create_future()
             await self._released
 
-    def _take_slot(self) -> bool:
-        """Hold a free slot at once (True), or say the run must queue for one (False);
-        a refusal raises (`Overloaded`, `Draining`)."""
-        if not self.manager.admission.take(self.user_id, self.agent.name):
-            return False
-        self._hold()
-        return True
-
     async def _queue_for_slot(self) -> None:
+        """Wait for a slot after `Admission.take` said there was none free; a refusal raises
+        (`Overloaded`, `Draining`), as `take`'s do."""
         self.queue_wait = await self.manager.admission.queue(self.user_id, self.agent.name)
         self._hold()
 
@@ -267,8 +263,11 @@ class Runner:
         task = asyncio.current_task()
         if task is None:
             raise RuntimeError("Runner.result() must be awaited in a task")
-        if not self._admitted and not self._take_slot():
-            await self._queue_for_slot()
+        if not self._admitted:
+            if self.manager.admission.take(self.user_id, self.agent.name):
+                self._hold()
+            else:
+                await self._queue_for_slot()
         self._task, self._inline = task, True
         cancelling = task.cancelling()
         if cancelling:
@@ -510,21 +509,16 @@ class Runner:
         inline run's own, given from outside it) so sinks see the run's contextvars."""
         if self._ended:
             return
-        if not (self.manager.routes[status] or self._listeners):
-            self._ended_as(status, output, error, False)
-        elif context is not None:
-            context.run(self._ended_as, status, output, error, True)
-        else:
-            self._ended_as(status, output, error, True)
-
-    def _ended_as(self, status: RunStatus, output: Any, error: str, wanted: bool) -> None:
         self.status = status
-        self.duration = time.perf_counter() - self._started
-        if wanted:
-            self._emit(status, EventType.RUN_END, {
-                "status": status, "output": output, "error": error, "duration": self.duration,
-                "queue_wait": self.queue_wait, "input_tokens": self.input_tokens,
-                "output_tokens": self.output_tokens})
+        self.duration = duration = time.perf_counter() - self._started
+        if self.manager.routes[status] or self._listeners:
+            data = {"status": status, "output": output, "error": error, "duration": duration,
+                    "queue_wait": self.queue_wait, "input_tokens": self.input_tokens,
+                    "output_tokens": self.output_tokens}
+            if context is not None:
+                context.run(self._emit, status, EventType.RUN_END, data)
+            else:
+                self._emit(status, EventType.RUN_END, data)
         self._ended = True
 
     # -- cancellation ------------------------------------------------------

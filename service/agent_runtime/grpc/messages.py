@@ -14,6 +14,7 @@ from ..errors import AgentError, InvalidInput
 from ..events import EventType, RunEvent, RunStatus
 from ..runner import Runner
 from ..payload import to_payload, to_python, to_value
+from ..protowire import SMALL, delimited, varint
 
 MAX_ID_CHARS = 256
 MAX_METADATA_ENTRIES = 64
@@ -90,7 +91,8 @@ def run_request(request: Any) -> tuple[str, str, str, Any, dict[str, str], float
         timeout = duration.seconds + duration.nanos / 1e9
         if timeout <= 0 or abs(duration.nanos) >= 1_000_000_000:
             raise InvalidInput("timeout must be a positive duration")
-    input = to_python(payload if payload is not None else request.input)
+    # text, the common input, without a call; to_python tells the other kinds (and none)
+    input = (payload is not None and payload.text) or to_python(payload if payload is not None else request.input)
     return agent, session_id, user_id, input, checked_metadata(metadata) if metadata is not None else {}, timeout
 
 
@@ -110,27 +112,43 @@ def set_output(target: pb.Payload, output: Any, run_id: str) -> None:
         target.CopyFrom(output_payload(output, run_id))
 
 
-def invoke_response(runner: Runner, output: Any) -> pb.InvokeResponse:
-    """The reply to Invoke: the run's ids, output and usage (when any), built in place."""
+def invoke_response(runner: Runner, output: Any) -> bytes:
+    """The reply to Invoke, as wire bytes: the run's ids, output, usage and trace id
+    (when any). Invoke's handler has no response serializer: gRPC sends these bytes.
+
+    Written with protowire rather than built in upb and serialized, which cost twice
+    as much (about 2k instructions a call, callgrind says); an output other than text
+    and the usage are still upb's, embedded as they serialize."""
     run_id = runner.run_id
-    response = pb.InvokeResponse()  # fields set one by one: quicker than keyword arguments
-    response.run_id = run_id
-    response.agent = runner.agent.name
-    response.session_id = runner.session_id
+    ids = run_id.encode()
+    agent = runner.agent.name.encode()
+    session_id = runner.session_id
+    session = ids if session_id is run_id else session_id.encode()
+    if type(output) is str:
+        try:
+            body = output.encode()
+        except UnicodeEncodeError as exc:
+            raise AgentError(f"the agent's output cannot be sent: {exc}", run_id=run_id) from None
+        n = len(body)
+        size = SMALL[n] if n < 0x80 else varint(n)
+        n += 1 + len(size)  # Payload{text}: its tag, the text's length, the text
+        output_head = b'"' + (SMALL[n] if n < 0x80 else varint(n)) + b"\n" + size
+    else:
+        body = output_payload(output, run_id).SerializeToString()
+        n = len(body)
+        output_head = b'"' + (SMALL[n] if n < 0x80 else varint(n))
+    a, s = len(agent), len(session)
+    reply = b"".join((b"\n", SMALL[len(ids)], ids, b"\x12", SMALL[a] if a < 0x80 else varint(a), agent,
+                      b"\x1a", SMALL[s] if s < 0x80 else varint(s), session, output_head, body))
+    if runner.input_tokens or runner.output_tokens:
+        reply += delimited(b"*", pb.Usage(input_tokens=runner.input_tokens,
+                                          output_tokens=runner.output_tokens).SerializeToString())
     scratch = runner.context.scratch  # empty unless a sink keeps something per run (the trace id)
     if scratch:
         trace_id = scratch.get("trace_id")
         if trace_id:
-            response.trace_id = trace_id
-    if type(output) is str:  # set_output's common case, a call less
-        response.output.text = output
-    else:
-        set_output(response.output, output, run_id)
-    if runner.input_tokens or runner.output_tokens:
-        usage = response.usage
-        usage.input_tokens = runner.input_tokens
-        usage.output_tokens = runner.output_tokens
-    return response
+            reply += delimited(b"2", trace_id.encode())
+    return reply
 
 
 def usage(data: Mapping[str, Any]) -> pb.Usage:

@@ -53,7 +53,8 @@ class AgentRuntimeServicer:
         manager = self.manager
         return Runner(manager, manager.agent(agent), input, user_id, session_id, metadata, timeout)
 
-    async def Invoke(self, request: Any, context: grpc.aio.ServicerContext) -> pb.InvokeResponse:
+    async def Invoke(self, request: Any, context: grpc.aio.ServicerContext) -> bytes:
+        """The run's reply, already encoded (`messages.invoke_response`)."""
         runner = None
         try:
             runner = self._run(request, context)
@@ -77,7 +78,7 @@ class AgentRuntimeServicer:
         except Exception as exc:
             await abort(context, unexpected(exc, runner.run_id if runner is not None else ""))
 
-    async def InvokeUnread(self, requests: Any, context: grpc.aio.ServicerContext) -> pb.InvokeResponse:
+    async def InvokeUnread(self, requests: Any, context: grpc.aio.ServicerContext) -> bytes:
         """Invoke taken while admission refuses every run (see `unread_handlers`)."""
         return await self.Invoke(await self._admitted_request(context), context)
 
@@ -106,12 +107,11 @@ class AgentRuntimeServicer:
 
 
 def method_handlers(servicer: AgentRuntimeServicer) -> dict[str, grpc.RpcMethodHandler]:
-    """Handlers with request parsing that maps undecodable bytes to INVALID_ARGUMENT."""
+    """Handlers with request parsing that maps undecodable bytes to INVALID_ARGUMENT.
+    Invoke answers with bytes it encoded itself: it has no response serializer."""
     parse = messages.parser
     return {
-        "Invoke": grpc.unary_unary_rpc_method_handler(
-            servicer.Invoke, request_deserializer=parse(pb.InvokeRequest),
-            response_serializer=pb.InvokeResponse.SerializeToString),
+        "Invoke": grpc.unary_unary_rpc_method_handler(servicer.Invoke, request_deserializer=parse(pb.InvokeRequest)),
         "InvokeStream": grpc.unary_stream_rpc_method_handler(
             servicer.InvokeStream, request_deserializer=parse(pb.InvokeRequest),
             response_serializer=pb.InvokeEvent.SerializeToString),
@@ -132,9 +132,7 @@ def unread_handlers(servicer: AgentRuntimeServicer) -> dict[str, grpc.RpcMethodH
     that names an unknown agent, or is not valid, is refused too (it is not read)."""
     parse = messages.parser(pb.InvokeRequest)
     return {
-        "Invoke": grpc.stream_unary_rpc_method_handler(
-            servicer.InvokeUnread, request_deserializer=parse,
-            response_serializer=pb.InvokeResponse.SerializeToString),
+        "Invoke": grpc.stream_unary_rpc_method_handler(servicer.InvokeUnread, request_deserializer=parse),
         "InvokeStream": grpc.stream_stream_rpc_method_handler(
             servicer.InvokeStreamUnread, request_deserializer=parse,
             response_serializer=pb.InvokeEvent.SerializeToString),
