@@ -36,8 +36,9 @@ def available_sections() -> list[str]:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="seconds-long run that checks the harness only")
-    parser.add_argument("--rounds", type=int, help="rounds per comparison (default 5)")
-    parser.add_argument("--duration", type=float, help="seconds per measured h2load run (default 5)")
+    parser.add_argument("--rounds", type=int, help=f"rounds per comparison (default {Settings.rounds})")
+    parser.add_argument("--duration", type=float,
+                        help=f"seconds per measured h2load run (default {Settings.duration:g})")
     parser.add_argument("--sections", help=f"comma-separated subset of: {', '.join(available_sections())}")
     parser.add_argument("--no-nat", action="store_true", help="leave out NeMo Agent Toolkit's nat serve")
     parser.add_argument("--profile", choices=("runtime", "metrics", "traced", "bare"),
@@ -109,6 +110,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     targets = [t for s in sections for t in s.targets]
     failed, noisy = sum(not t.passed for t in targets), sum(t.noisy for t in targets)
     log(f"wrote {out} and {picture}; {failed} of {len(targets)} targets failed"
-        + (f", {noisy} passed only within the spread across rounds" if noisy else "")
+        + (f", {noisy} with a 95 % confidence interval that reaches past the limit" if noisy else "")
         + (f"; {failures} sections did not complete" if failures else ""))
     return 1 if failures else 0

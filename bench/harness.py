@@ -1,11 +1,13 @@
 """The benchmark context: settings, started servers, and verified measurements.
 
-Every measurement is a short warm-up, then an h2load run pinned to the client
-core, framed by two readings of the server's own status counters: the calls
-the server finished with the expected status must lie between what h2load saw
-done and what it started, and no call may have ended with any other status.
-`alternate` runs several contenders round after round in rotating order, so
-slow drifts of a shared machine hit every contender alike.
+Every measurement is an h2load run pinned to the client core, framed by two
+readings of the server's own status counters: the calls the server finished
+with the expected status must lie between what h2load saw done and what it
+started, and no call may have ended with any other status. `alternate` runs
+several contenders round after round in rotating order (each warmed up once,
+before its first round), so slow drifts of a shared machine hit every contender
+alike; `together` loads two servers at once on the one server core, so that
+whatever the machine does to that core it does to both.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,9 +30,16 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @dataclass(frozen=True)
 class Settings:
-    rounds: int = 5
-    duration: float = 5.0
+    """How long and how often to measure. Rounds are many and short: a round's ratio
+    moves about 10 % on this machine kind whether it lasts one second or five, so what
+    narrows the median is the number of rounds (30 give a 95 % interval of about
+    +-3 %), and one warm-up per server and load serves all its rounds."""
+
+    rounds: int = 30
+    duration: float = 1.0
     warmup: float = 1.0
+    together_rounds: int = 10
+    cold_starts: int = 5
     unary_concurrency: tuple[int, ...] = (1, 16, 256)
     stream_chunks: int = 100
     stream_concurrency: int = 16
@@ -41,7 +51,7 @@ class Settings:
     @classmethod
     def for_smoke(cls) -> "Settings":
         """Seconds, not minutes: proves the harness works, not the figures."""
-        return cls(rounds=2, duration=0.3, warmup=0.0, open_streams=200, idle_calls=300,
+        return cls(rounds=2, duration=0.3, warmup=0.0, together_rounds=2, open_streams=200, idle_calls=300,
                    nat=False, smoke=True)
 
 
@@ -117,31 +127,63 @@ class Bench:
 
     # -- measuring -------------------------------------------------------------
     def measure(self, server: ServerProcess, load: Load, *, concurrency: int, latencies: bool = False,
-                expect: str = "OK", duration: float | None = None) -> Measured:
-        """One verified h2load run against `server` (after a warm-up of the same load)."""
-        duration = duration or self.settings.duration
-        if self.settings.warmup:
-            h2load.run(load, concurrency=concurrency, core=self.client_core, duration=self.settings.warmup)
-        before = server.stats()
-        cpu = server.cpu_seconds()
-        result = h2load.run(load, concurrency=concurrency, core=self.client_core, duration=duration,
-                            latencies=latencies)
-        time.sleep(0.05)  # calls h2load stopped waiting for may still be finishing
-        cpu = server.cpu_seconds() - cpu
-        after = server.stats()
-        confirmed = verify(server.name, before, after, result, expect, concurrency)
-        argv = " ".join(h2load.command(load, concurrency=concurrency, duration=duration))
-        self.commands.setdefault(f"h2load {load.url.rsplit('/', 1)[-1]}",
-                                 argv.replace(server.address, "HOST:PORT").replace(str(self.workdir), "$WORK"))
-        return Measured(server.name, result, confirmed, cpu)
+                expect: str = "OK", duration: float | None = None, warmup: float = 0.0) -> Measured:
+        """One verified h2load run against `server`, after `warmup` seconds of the same load."""
+        if warmup:
+            h2load.run(load, concurrency=concurrency, core=self.client_core, duration=warmup)
+        return self._measured([(server, load)], concurrency=concurrency, latencies=latencies, expect=expect,
+                              duration=duration)[0]
 
-    def alternate(self, runs: Sequence[tuple[str, Callable[[], Measured]]]) -> dict[str, list[Measured]]:
-        """Run every (name, measure) once per round, rotating the order each round."""
+    def together(self, first: tuple[ServerProcess, Load], second: tuple[ServerProcess, Load], *,
+                 concurrency: int) -> tuple[Measured, Measured]:
+        """Both servers loaded at once, each by its own h2load, sharing the server core (and
+        the client core): verified like `measure`. The CPU time each spends per call is then
+        taken under the same interference from the rest of the machine, moment by moment."""
+        measured = self._measured([first, second], concurrency=concurrency)
+        return measured[0], measured[1]
+
+    def _measured(self, loaded: Sequence[tuple[ServerProcess, Load]], *, concurrency: int, latencies: bool = False,
+                  expect: str = "OK", duration: float | None = None) -> list[Measured]:
+        """h2load runs started at once against each (server, load), each framed by its server's
+        counters and CPU time."""
+        duration = duration or self.settings.duration
+        before = [(server.stats(), server.cpu_seconds()) for server, _ in loaded]
+        results: list[LoadResult | BaseException] = [RuntimeError("h2load did not run")] * len(loaded)
+
+        def drive(i: int, load: Load) -> None:
+            try:
+                results[i] = h2load.run(load, concurrency=concurrency, core=self.client_core, duration=duration,
+                                        latencies=latencies)
+            except BaseException as exc:  # re-raised below, in the caller's thread
+                results[i] = exc
+
+        threads = [threading.Thread(target=drive, args=(i, load)) for i, (_, load) in enumerate(loaded[1:], 1)]
+        for thread in threads:
+            thread.start()
+        drive(0, loaded[0][1])
+        for thread in threads:
+            thread.join()
+        time.sleep(0.05)  # calls h2load stopped waiting for may still be finishing
+        measured = []
+        for (server, load), (stats, cpu), result in zip(loaded, before, results):
+            cpu = server.cpu_seconds() - cpu
+            if isinstance(result, BaseException):
+                raise result
+            confirmed = verify(server.name, stats, server.stats(), result, expect, concurrency)
+            argv = " ".join(h2load.command(load, concurrency=concurrency, duration=duration))
+            self.commands.setdefault(f"h2load {load.url.rsplit('/', 1)[-1]}",
+                                     argv.replace(server.address, "HOST:PORT").replace(str(self.workdir), "$WORK"))
+            measured.append(Measured(server.name, result, confirmed, cpu))
+        return measured
+
+    def alternate(self, runs: Sequence[tuple[str, Callable[..., Measured]]]) -> dict[str, list[Measured]]:
+        """Run every (name, measure) once per round, rotating the order each round; each
+        measure is called with a warm-up in its first round (`measure(warmup=seconds)`)."""
         results: dict[str, list[Measured]] = {name: [] for name, _ in runs}
         for round_no in range(self.settings.rounds):
             shift = round_no % len(runs)
             for name, measure in [*runs[shift:], *runs[:shift]]:
-                measured = measure()
+                measured = measure(warmup=self.settings.warmup if round_no == 0 else 0.0)
                 results[name].append(measured)
                 log(f"  round {round_no + 1}: {name:<34} {measured.rate:>10.1f}/s "
                     f"{measured.cpu_us_per_call:>7.1f} us CPU/call")

@@ -82,11 +82,11 @@ def run(bench: Bench) -> Section:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.observability", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--duration", type=float, default=5.0, help="seconds of load per round and server")
+    parser.add_argument("--rounds", type=int, default=Settings.rounds)
+    parser.add_argument("--duration", type=float, default=Settings.duration, help="seconds of load per round and server")
     parser.add_argument("--concurrency", type=int, default=CONCURRENCY)
     args = parser.parse_args(argv)
-    bench = Bench(Settings(rounds=args.rounds, duration=args.duration, warmup=1.0))
+    bench = Bench(Settings(rounds=args.rounds, duration=args.duration))
     try:
         costs = measure(bench, args.concurrency)
     finally:

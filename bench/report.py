@@ -3,7 +3,8 @@
 A section (one workload family) yields rows (one contender under one load,
 with a value per round) and targets (a measured figure against a limit).
 Every figure is the median over rounds, with its spread (half the range
-across rounds, as a share of the median).
+across rounds, as a share of the median); a target's median comes with its 95 %
+confidence interval.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from .stats import median, spread
+from .stats import median, median_interval, spread
 
 
 @dataclass
@@ -37,12 +38,15 @@ class Row:
 
 @dataclass
 class Target:
+    """A measured figure (a median over rounds) against a limit, with the median's 95 %
+    confidence interval when it was measured in rounds (stats.median_interval)."""
+
     name: str
     measured: float
     limit: float
     unit: str  # "%", "ms", "MB"
     at_least: bool = True
-    spread: float = 0.0
+    interval: tuple[float, float] | None = None
 
     @property
     def passed(self) -> bool:
@@ -52,22 +56,23 @@ class Target:
 
     @property
     def noisy(self) -> bool:
-        """A pass by less than the rounds vary (the spread reaches past the limit): the
-        median meets the target, but says little."""
-        if not self.passed or not self.spread:
+        """The confidence interval reaches past the limit: the rounds cannot tell whether
+        the target holds, whichever side of it the median fell on."""
+        if self.interval is None:
             return False
-        edge = self.measured * (1 - self.spread if self.at_least else 1 + self.spread)
-        return edge < self.limit if self.at_least else edge > self.limit
+        low, high = self.interval
+        return low < self.limit <= high if self.at_least else low <= self.limit < high
 
     def text(self) -> tuple[str, str, str]:
         op = ">=" if self.at_least else "<="
         scale = 100 if self.unit == "%" else 1
         fmt = {"ms": ".3f", "%": ".1f", "MB": ".1f"}.get(self.unit, ".2f")
         measured = f"{self.measured * scale:{fmt}} {self.unit}"
-        if self.spread:
-            measured += f" (+-{self.spread * 100:.0f}%)"
-        verdict = "FAIL" if not self.passed else "PASS (noisy)" if self.noisy else "PASS"
-        return measured, f"{op} {self.limit * scale:g} {self.unit}", verdict
+        if self.interval is not None:
+            low, high = self.interval
+            measured += f" (95 % CI {low * scale:{fmt}}-{high * scale:{fmt}})"
+        verdict = "PASS" if self.passed else "FAIL"
+        return measured, f"{op} {self.limit * scale:g} {self.unit}", verdict + (" (noisy)" if self.noisy else "")
 
 
 @dataclass
@@ -82,7 +87,7 @@ def ratio_target(name: str, numerators: Sequence[float], denominators: Sequence[
                  limit: float) -> Target:
     """Per-round ratios (measured side by side), their median against `limit`."""
     ratios = [n / d for n, d in zip(numerators, denominators) if d]
-    return Target(name, median(ratios), limit, "%", spread=spread(ratios))
+    return Target(name, median(ratios), limit, "%", interval=median_interval(ratios))
 
 
 def _fmt(values: Sequence[float], digits: int = 3) -> str:
@@ -135,16 +140,22 @@ def markdown(sections: Sequence[Section], *, command: str, commands: dict[str, s
              "## Machine", "", *header, "",
              "## How it was measured", "",
              "Each server runs pinned to one core (taskset), h2load drives it from the other core.",
-             "Contenders run in the same run, alternating, round after round in rotating order; every",
-             "figure is the median over rounds with its spread (half the range across rounds). Every",
-             "call is verified on the server side: each server counts its calls by final gRPC status",
-             "(HTTP status for `nat serve`), and a run only counts when the calls the server finished",
-             "with the expected status match what h2load saw complete.", "",
-             "Throughput on a machine shared with other work moves with that work; the server's",
-             "CPU time per call (user + system, from /proc, all its threads) moves much less and",
-             "is the better guide to what each layer costs. Ratios are taken round by round and",
-             "their median is reported. A target whose median passes while its spread reaches",
-             "past the limit (it passes by less than the rounds vary) is marked PASS (noisy).", "",
+             "Contenders run in the same run, alternating, round after round in rotating order (each",
+             "warmed up once, before its first round); every figure is the median over rounds with its",
+             "spread (half the range across rounds). Every call is verified on the server side: each",
+             "server counts its calls by final gRPC status (HTTP status for `nat serve`), and a run only",
+             "counts when the calls the server finished with the expected status match what h2load saw",
+             "complete.", "",
+             "This machine shares its cores with other work, which slows whatever runs at that moment:",
+             "a round's throughput moves by about 10 %, whether the round lasts one second or five.",
+             "So rounds are many and short, ratios are taken round by round, and each target gives",
+             "the median with its 95 % confidence interval (between two order statistics of the",
+             "rounds; it assumes nothing of how they vary). A verdict whose interval reaches past",
+             "the limit is marked (noisy): the rounds cannot tell on which side of it the truth lies.",
+             "The unary throughput ratios are also measured with both servers loaded at once on the",
+             "one core (\"measured together\"), where the ratio of their CPU time per call, which is",
+             "what the throughput ratio of a busy server comes to, sees the same interference on",
+             "both sides and holds within about 1 %.", "",
              f"Command: `{command}`", ""]
     if commands:
         lines += ["Servers and loads:", "", "```"]

@@ -1,25 +1,39 @@
-"""The benchmark report's verdicts: a pass that some rounds failed is said to be noisy."""
+"""The benchmark report's verdicts: a median whose confidence interval reaches past the
+limit is said to be noisy, whichever side of the limit it fell on."""
 
 from __future__ import annotations
 
 import math
 
 from bench.report import Target, ratio_target
+from bench.stats import median_interval
 
 
-def test_a_pass_within_the_spread_is_noisy():
+def test_a_pass_whose_interval_reaches_past_the_limit_is_noisy():
     steady = ratio_target("steady", [95, 96, 94], [100, 100, 100], 0.9)
     wobbly = ratio_target("wobbly", [60, 95, 130], [100, 100, 100], 0.9)
     assert steady.passed and not steady.noisy and steady.text()[2] == "PASS"
+    assert steady.text()[0] == "95.0 % (95 % CI 94.0-96.0)"
     assert wobbly.passed and wobbly.noisy and wobbly.text()[2] == "PASS (noisy)"
 
 
 def test_failures_and_at_most_targets():
-    failing = ratio_target("failing", [70, 80, 90], [100, 100, 100], 0.9)
+    failing = ratio_target("failing", [70, 80, 85], [100, 100, 100], 0.9)
     assert not failing.passed and not failing.noisy and failing.text()[2] == "FAIL"
-    latency = Target("p99", 0.9, 1.0, "ms", at_least=False, spread=0.2)
-    assert latency.passed and latency.noisy  # 0.9 ms + 20 % passes the 1 ms limit
+    close = ratio_target("close", [80, 85, 95], [100, 100, 100], 0.9)
+    assert not close.passed and close.noisy and close.text()[2] == "FAIL (noisy)"
+    latency = Target("p99", 0.9, 1.0, "ms", at_least=False, interval=(0.8, 1.1))
+    assert latency.passed and latency.noisy  # its interval reaches past the 1 ms limit
+    assert not Target("p99", 0.9, 1.0, "ms", at_least=False, interval=(0.8, 0.95)).noisy
     assert not Target("nan", math.nan, 1.0, "ms").passed
+
+
+def test_the_median_interval_holds_95_percent_of_order_statistics():
+    assert median_interval(range(30)) == (9, 20)  # P(9 or fewer of 30 below the median) = 2.1 %
+    assert median_interval(range(15)) == (3, 11)
+    assert median_interval([3, 1, 2, 5, 4]) == (1, 5)  # five rounds: only the whole range (93.75 %)
+    assert median_interval([7.0]) == (7.0, 7.0)
+    assert all(math.isnan(x) for x in median_interval([]))
 
 
 def test_the_chart_of_a_run_without_unary_figures(tmp_path):
