@@ -211,12 +211,19 @@ async def test_a_gated_method_is_answered_by_its_stand_in_observed_as_the_method
         return input
 
     asked: list[bool] = []
+
+    class Closed:
+        @property
+        def closed(self) -> bool:
+            asked.append(True)
+            return True
+
     observer = RecordingObserver()
     servicer = AgentRuntimeServicer(SessionManager(echo))
     server = grpc.aio.server()
     registrar = ObservedRegistrar(server, [observer])
     registrar.add_registered_method_handlers(SERVICE_NAME, method_handlers(servicer))
-    registrar.add_gates(SERVICE_NAME, lambda: asked.append(True) or True, unread_handlers(servicer))
+    registrar.add_gates(SERVICE_NAME, Closed(), unread_handlers(servicer))
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     try:

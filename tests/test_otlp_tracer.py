@@ -6,6 +6,7 @@ call is checked with it by test_tracing.py (the `spans` fixture runs both provid
 
 from __future__ import annotations
 
+import enum
 import math
 import random
 import ssl
@@ -59,6 +60,10 @@ def _decoded(spans: list[otlp_tracer.Span]) -> list[ReceivedSpan]:
             for span in scope.spans]
 
 
+class Mode(str, enum.Enum):
+    FAST = "fast"
+
+
 def test_every_span_field_decodes_as_otlp_protobuf(provider_for):
     tracer = provider_for().get_tracer("agent_runtime", "1.2")
     parent = trace.set_span_in_context(trace.NonRecordingSpan(REMOTE))
@@ -67,7 +72,7 @@ def test_every_span_field_decodes_as_otlp_protobuf(provider_for):
         Link(linked, {"why": "batch"})], attributes={
         "text": "ünïcode", "yes": True, "count": -5, "big": 1 << 70, "ratio": 0.25, "none": None,
         "list": ["a", "b"], "ints": (1, 2), "raw": b"\x00\x01", "http": HTTPStatus.NOT_FOUND,
-        "other": StatusCode.ERROR})
+        "other": StatusCode.ERROR, "mode": Mode.FAST})
     span.add_event("first", {"n": 1, "gone": None}, timestamp=1_500)
     span.set_status(Status(StatusCode.ERROR, "it broke"))
     span.end(end_time=2_000)
@@ -80,8 +85,8 @@ def test_every_span_field_decodes_as_otlp_protobuf(provider_for):
     assert (received.start_time, received.end_time) == (1_000, 2_000)
     assert received.attributes == {
         "text": "ünïcode", "yes": True, "count": -5, "big": str(1 << 70), "ratio": 0.25, "list": ("a", "b"),
-        "ints": (1, 2), "raw": b"\x00\x01", "http": 404,
-        "other": "StatusCode.ERROR"}  # an IntEnum is its number; a value of no OTLP type, its text
+        "ints": (1, 2), "raw": b"\x00\x01", "http": 404, "mode": "fast",
+        "other": "StatusCode.ERROR"}  # an IntEnum is its number, a str enum its text; a value of no OTLP type, its str()
     assert [(e.name, e.timestamp, e.attributes) for e in received.events] == [("first", 1_500, {"n": 1})]
     assert received.status.status_code is StatusCode.ERROR and received.status.description == "it broke"
     assert received.links == [(linked, {"why": "batch"})]

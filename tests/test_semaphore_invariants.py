@@ -5,7 +5,9 @@ Python API and a good share over real gRPC:
 - agents executing at once (not counting abandoned ones, which hold no slot by
   design) never exceed `max_concurrency`;
 - at the end every slot, queue place and per-user count is free;
-- every started run has exactly one end event, after its start.
+- every started run has exactly one end event, after its start;
+- admission's `closed` flag (what a server asks of each call) is `refuses_every_run()`
+  whenever an event is seen.
 """
 
 from __future__ import annotations
@@ -71,15 +73,18 @@ class Mixed:
 
 
 class Ledger:
-    """Checks each run's events: one start, then one end."""
+    """Checks each run's events: one start, then one end; and the admission gate's flag."""
 
     def __init__(self) -> None:
         self.started: set[str] = set()
         self.ended: Counter = Counter()
         self.statuses: Counter = Counter()
         self.out_of_order = 0
+        self.gate: Counter = Counter()  # (closed, as it should be) at each event
 
     def on_event(self, event) -> None:
+        admission = event.run.runner.manager.admission
+        self.gate[admission.closed, admission.refuses_every_run()] += 1
         run_id = event.run.run_id
         if event.type is EventType.RUN_START:
             self.started.add(run_id)
@@ -108,6 +113,8 @@ def assert_invariants(agent: Mixed, ledger: Ledger, manager: SessionManager) -> 
     assert not manager.runs and manager.abandoned == 0
     assert ledger.out_of_order == 0
     assert set(ledger.ended) == ledger.started
+    assert set(ledger.gate) == {(False, False), (True, True)}, ledger.gate  # right, and both seen
+    assert not admission.closed
     assert set(ledger.ended.values()) == {1}
     assert ledger.statuses.keys() >= {RunStatus.OK, RunStatus.ERROR, RunStatus.CANCELLED, RunStatus.TIMEOUT}
 

@@ -29,11 +29,29 @@ class Admission:
         self.running: dict[str, int] = {}
         self.queued: dict[str, int] = {}
         self.rejected: dict[str, int] = {}
-        self.draining = False
+        self._draining = False
         self._waiters: deque[asyncio.Future] = deque()
         self._per_user: dict[str, int] = {}
         self._hold_ewma = 0.1
         self._full: tuple[tuple[int, int] | None, str] = (None, "")
+        # `refuses_every_run()`, kept as it changes, so a server can ask it of every call
+        # it takes as an attribute read (a call cost a served call about 1.3k
+        # instructions). Its users must not depend on it for an outcome, only for a cost:
+        # the stand-ins it chooses check `refusal()` again before they refuse.
+        self.closed = False
+
+    @property
+    def draining(self) -> bool:
+        """Whether every run is refused (`Draining`): the server is shutting down."""
+        return self._draining
+
+    @draining.setter
+    def draining(self, value: bool) -> None:
+        self._draining = value
+        self._recheck()
+
+    def _recheck(self) -> None:
+        self.closed = self.refuses_every_run()
 
     @property
     def waiting(self) -> int:
@@ -51,7 +69,7 @@ class Admission:
         they build anything for a run pay for no exception of their own."""
         if self.refuses_every_run():
             self._refused(label)  # refused here: no coroutine for a refusal
-            if self.draining:
+            if self._draining:
                 return Draining("server is draining; retry on another replica")
             return Overloaded(self._full_message(), retry_after=self._retry_after())
         if self.per_user_limit and user_id:
@@ -65,7 +83,7 @@ class Admission:
     def refuses_every_run(self) -> bool:
         """Whether any run, whoever asks, would be refused now: draining, or every slot and
         the queue taken. A server can then refuse a call before it reads the request."""
-        return self.draining or (self.in_use >= self.limit > 0 and len(self._waiters) >= self.max_queue)
+        return self._draining or (self.in_use >= self.limit > 0 and len(self._waiters) >= self.max_queue)
 
     def _full_message(self) -> str:
         """Why a run is refused when slots and queue are full (made once per limits)."""
@@ -87,13 +105,15 @@ class Admission:
         """Take a free slot at once (True), or say the run must `queue` for one (False);
         refusals as `check`'s. The common case costs no coroutine: callers await `queue`
         only on False; a free slot with no per-user cap and no drain, not even a call."""
-        if self.draining or self.per_user_limit or (self.limit and (self.in_use >= self.limit or self._waiters)):
+        if self._draining or self.per_user_limit or (self.limit and (self.in_use >= self.limit or self._waiters)):
             free = self.check(user_id, label)
             if self.per_user_limit and user_id:
                 self._per_user[user_id] = self._per_user.get(user_id, 0) + 1
             if not free:
                 return False
         self.in_use += 1
+        if self.in_use == self.limit:  # the last slot: with no queue, every run is refused now
+            self._recheck()
         running = self.running
         running[label] = running.get(label, 0) + 1
         return True
@@ -116,6 +136,7 @@ class Admission:
     async def _wait(self, label: str) -> float:
         slot = asyncio.get_running_loop().create_future()
         self._waiters.append(slot)
+        self._recheck()
         self.queued[label] = self.queued.get(label, 0) + 1
         started = time.perf_counter()
         try:
@@ -131,6 +152,8 @@ class Admission:
             raise
         finally:
             self.queued[label] -= 1
+            if self.closed:
+                self._recheck()
         return time.perf_counter() - started
 
     def _got(self, slot: asyncio.Future) -> bool:
@@ -149,6 +172,7 @@ class Admission:
         for slot in waiters:
             if not slot.done():
                 slot.set_exception(Draining("server shut down before a slot became free"))
+        self._recheck()
 
     def release(self, user_id: str = "", label: str = "", held_for: float = 0.0) -> None:
         """Give back a slot taken by `acquire`; `held_for` feeds the retry hint."""
@@ -160,6 +184,8 @@ class Admission:
             self._release_slot()
         else:
             self.in_use -= 1
+        if self.closed:
+            self._recheck()
 
     def _release_slot(self) -> None:
         waiters = self._waiters

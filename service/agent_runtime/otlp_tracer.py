@@ -86,7 +86,9 @@ def _any_value(value: Any) -> bytes:
         return _delimited(b"\x3a", value)
     if isinstance(value, (list, tuple)):
         return _delimited(b"\x2a", b"".join(_delimited(b"\x0a", _any_value(item)) for item in value))
-    for base in (bool, int, float, str):  # an enum member or another subclass
+    if isinstance(value, str):  # a str enum member or another subclass: its text, as the SDK sends it
+        return _any_value(str.__str__(value))
+    for base in (bool, int, float):  # an enum member or another subclass
         if isinstance(value, base):
             return _any_value(base(value))
     return _any_value(str(value))

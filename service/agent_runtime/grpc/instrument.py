@@ -37,6 +37,13 @@ class RpcObserver(Protocol):
     def method(self, service: str, method: str, grpc_type: str) -> RpcProbe: ...
 
 
+class Gate(Protocol):
+    """Whether the gated methods' stand-ins take the calls now (an attribute, or a property:
+    read for every call of a gated method)."""
+
+    closed: bool
+
+
 class _Probes:
     """Several probes as one: begun in order, ended in reverse."""
 
@@ -143,7 +150,7 @@ class _MethodTable(grpc.GenericRpcHandler):
 
     def __init__(self, registrar: "ObservedRegistrar") -> None:
         self.methods: dict[str, grpc.RpcMethodHandler] = {}
-        self.gates: dict[str, tuple[Callable[[], bool], grpc.RpcMethodHandler]] = {}
+        self.gates: dict[str, tuple[Gate, grpc.RpcMethodHandler]] = {}
         self.generic: list[grpc.GenericRpcHandler] = []
         self.registrar = registrar
 
@@ -151,7 +158,7 @@ class _MethodTable(grpc.GenericRpcHandler):
         path = details.method
         if self.gates:
             gate = self.gates.get(path)
-            if gate is not None and gate[0]():
+            if gate is not None and gate[0].closed:
                 return gate[1]
         handler = self.methods.get(path)
         if handler is not None or not self.generic:
@@ -195,13 +202,13 @@ class ObservedRegistrar:
         for name, handler in handlers.items():
             self._table.methods[f"/{service}/{name}"] = self.observed(handler, service, name)
 
-    def add_gates(self, service: str, closed: Callable[[], bool], stand_ins: dict[str, grpc.RpcMethodHandler]) -> None:
-        """While `closed()` says so, each method of `service` named in `stand_ins` is answered
-        by its stand-in, observed as the method is. `closed` is asked as a call arrives,
+    def add_gates(self, service: str, gate: Gate, stand_ins: dict[str, grpc.RpcMethodHandler]) -> None:
+        """While `gate.closed`, each method of `service` named in `stand_ins` is answered by
+        its stand-in, observed as the method is. `gate.closed` is read as a call arrives,
         before anything of it is read: a stand-in can refuse a call without reading it."""
         for name, stand_in in stand_ins.items():
             path = f"/{service}/{name}"
-            self._table.gates[path] = (closed, served_as(self._table.methods[path], stand_in))
+            self._table.gates[path] = (gate, served_as(self._table.methods[path], stand_in))
 
     def add_generic_rpc_handlers(self, generic_handlers: Iterable[grpc.GenericRpcHandler]) -> None:
         """Generic handlers, asked for methods the table does not have (only code that

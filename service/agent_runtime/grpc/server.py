@@ -154,7 +154,7 @@ class RuntimeServer:
         servicer = AgentRuntimeServicer(self.manager)
         registrar.add_registered_method_handlers(SERVICE_NAME, method_handlers(servicer))
         if len(self.manager.agents) == 1:
-            registrar.add_gates(SERVICE_NAME, self.manager.admission.refuses_every_run, unread_handlers(servicer))
+            registrar.add_gates(SERVICE_NAME, self.manager.admission, unread_handlers(servicer))
         for service, service_handlers in self._redpanda_handlers().items():
             registrar.add_registered_method_handlers(service, service_handlers)
             self.services.append(service)

@@ -126,7 +126,7 @@ def method_handlers(servicer: AgentRuntimeServicer) -> dict[str, grpc.RpcMethodH
 
 def unread_handlers(servicer: AgentRuntimeServicer) -> dict[str, grpc.RpcMethodHandler]:
     """Stand-ins for Invoke and InvokeStream while admission refuses every run (gated by
-    `Admission.refuses_every_run`): request-streaming handlers, so gRPC does not read the
+    `Admission.closed`): request-streaming handlers, so gRPC does not read the
     request before they run, and shedding load costs less than serving it. For a server
     of one agent only, the agent a refusal is counted for: so while it refuses, a request
     that names an unknown agent, or is not valid, is refused too (it is not read)."""
