@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from types import SimpleNamespace
 
 import grpc
@@ -167,6 +168,43 @@ class RecordingObserver:
     def method(self, service: str, method: str, grpc_type: str) -> SimpleNamespace:
         name = f"{service}/{method}/{grpc_type}"
         return SimpleNamespace(begin=lambda context: None, end=lambda token, code: self.ended.append((name, code)))
+
+
+async def test_probes_that_want_metadata_get_what_the_method_lookup_converted():
+    """grpc.aio looks the method up in the call's own task, then runs the handler there:
+    the metadata it converted for the lookup reaches the probes without a second
+    conversion (a tripwire: if a grpcio release moves the lookup, the probes still get the
+    metadata from the context, and this test says the saving is gone)."""
+    from agent_runtime.grpc.instrument import ObservedRegistrar, _call_metadata, invocation_metadata
+
+    seen: list[tuple[bool, dict]] = []
+
+    class MetadataObserver:
+        wants_metadata = True
+
+        def method(self, service, method, grpc_type):
+            def begin(context):
+                kept = _call_metadata.get()
+                seen.append((kept is not None and kept == tuple(context.invocation_metadata()),
+                             dict(invocation_metadata(context))))
+            return SimpleNamespace(begin=begin, end=lambda token, code: None)
+
+    async def echo(request: bytes, context) -> bytes:
+        return request
+
+    server = grpc.aio.server()
+    registrar = ObservedRegistrar(server, [MetadataObserver()])
+    registrar.add_registered_method_handlers("t.Echo", {"Say": grpc.unary_unary_rpc_method_handler(echo)})
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            say = channel.unary_unary("/t.Echo/Say")
+            await asyncio.gather(*(say(b"x", metadata=(("call", str(i)),)) for i in range(20)))
+    finally:
+        await server.stop(grace=0)
+    assert all(kept for kept, _ in seen) and len(seen) == 20
+    assert sorted(int(metadata["call"]) for _, metadata in seen) == list(range(20))
 
 
 async def test_a_service_that_gives_only_a_generic_handler_is_served_and_observed():

@@ -275,6 +275,21 @@ async def test_otlp_http_export_switched_on_by_environment(server_process, otlp_
     _assert_exported_tree(received)
 
 
+async def test_concurrent_calls_each_continue_their_own_callers_trace(serve, channel_to, spans):
+    provider, exporter = spans
+    server = await serve(echo_agent, tracer_provider=provider)
+    client = stub(channel_to(server.address))
+    traces = [f"{i + 1:032x}" for i in range(16)]
+    replies = await asyncio.gather(*(client.Invoke(
+        runtime_pb2.InvokeRequest(input=runtime_pb2.Payload(text=trace)),
+        metadata=(("traceparent", f"00-{trace}-{CALLER_SPAN}-01"),)) for trace in traces))
+    assert [reply.trace_id for reply in replies] == traces
+    assert [reply.output.text for reply in replies] == traces
+    rpcs = _by_name(exporter.get_finished_spans())[f"{SERVICE}/Invoke"]
+    assert sorted(format(span.context.trace_id, "032x") for span in rpcs) == traces
+    assert all(span.parent.span_id == int(CALLER_SPAN, 16) for span in rpcs)
+
+
 async def test_a_malformed_traceparent_starts_a_new_trace(serve, channel_to, spans):
     provider, exporter = spans
     server = await serve(echo_agent, tracer_provider=provider)

@@ -24,6 +24,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from .events import EventType, RunEvent, RunStatus
+from .grpc.instrument import invocation_metadata
 
 logger = logging.getLogger("agent_runtime.tracing")
 
@@ -56,10 +57,10 @@ class _RpcSpans:
 
     def begin(self, context: grpc.aio.ServicerContext) -> tuple[trace.Span, object]:
         parent = None
-        for key, _ in context.invocation_metadata() or ():
+        metadata = invocation_metadata(context)
+        for key, _ in metadata:
             if key in _PROPAGATED:  # a caller's trace to continue (most calls bring none)
-                parent = _PROPAGATOR.extract({key: value for key, value in context.invocation_metadata()
-                                              if key in _PROPAGATED})
+                parent = _PROPAGATOR.extract({key: value for key, value in metadata if key in _PROPAGATED})
                 break
         span = self.tracer.start_span(self.name, context=parent, kind=_SERVER, attributes=self.attributes)
         token = otel_context.attach(trace.set_span_in_context(span, parent))
@@ -82,6 +83,8 @@ class _RpcSpans:
 
 class RpcTracer:
     """An RPC observer (see grpc/instrument.py) that makes a server span per call."""
+
+    wants_metadata = True  # a caller's traceparent
 
     def __init__(self, tracer: trace.Tracer) -> None:
         self.tracer = tracer
