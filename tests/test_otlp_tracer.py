@@ -154,6 +154,34 @@ def test_span_api_semantics_follow_the_sdk(provider_for):
     assert not ok.is_recording()
 
 
+def test_attribute_sets_are_kept_whole_until_a_key_of_theirs_is_written(provider_for):
+    """An AttributeSet given to start_span or set_attributes is kept as it is (its fields
+    encoded once, shared by every span given it); the span's attributes are the same as
+    if it had been a dict: a key written later wins, and sets count toward the limit."""
+    tracer = provider_for(OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT="4").get_tracer("t")
+    method = otlp_tracer.AttributeSet({"rpc.method": "M", "rpc.service": "S", "skipped": None})
+    ok = otlp_tracer.AttributeSet({"code": "OK", "n": 0})
+    kept = tracer.start_span("kept", attributes=method)
+    kept.set_attributes(ok)
+    assert kept._sets == (method, ok) and kept._attributes == {}
+    assert dict(kept.attributes) == {"rpc.method": "M", "rpc.service": "S", "code": "OK", "n": 0}
+    kept.end()
+    overwritten = tracer.start_span("overwritten", attributes=method)
+    overwritten.set_attributes({"own": True})
+    overwritten.set_attribute("rpc.method", "changed")  # folds the set into the span's own attributes
+    overwritten.set_attributes(otlp_tracer.AttributeSet({"own": False}))  # a key it holds: merged, not kept
+    assert overwritten._sets == ()
+    overwritten.end()
+    crowded = tracer.start_span("crowded", attributes={"a": 1, "b": 2, "c": 3})
+    crowded.set_attributes(ok)  # one more than the limit's room: merged, and the last key dropped
+    crowded.end()
+    received = {span.name: span for span in _decoded([kept, overwritten, crowded])}
+    assert received["kept"].attributes == {"rpc.method": "M", "rpc.service": "S", "code": "OK", "n": 0}
+    assert received["overwritten"].attributes == {"rpc.method": "changed", "rpc.service": "S", "own": False}
+    assert received["crowded"].attributes == {"a": 1, "b": 2, "c": 3, "code": "OK"}
+    assert received["crowded"].dropped_attributes == 1
+
+
 @pytest.mark.parametrize("name", ["traceidratio", "parentbased_traceidratio"])
 def test_ratio_sampling_decides_as_the_sdk_does(provider_for, name):
     tracer = provider_for(OTEL_TRACES_SAMPLER=name, OTEL_TRACES_SAMPLER_ARG="0.3").get_tracer("t")

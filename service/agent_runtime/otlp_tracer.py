@@ -147,6 +147,20 @@ def _span_attribute(item: tuple[str, Any]) -> bytes:
     return field
 
 
+class AttributeSet(dict):
+    """Span attributes that many spans share (an RPC method's, the OK status), with their
+    fields encoded once. Given whole to this tracer's `start_span` or `set_attributes`, a
+    span keeps it as it is, neither copied nor encoded field by field again; writing one
+    of its keys later folds it into the span's own attributes. Other tracers see a dict.
+    Not to be changed once made."""
+
+    __slots__ = ("fields",)
+
+    def __init__(self, attributes: Mapping[str, Any]) -> None:
+        super().__init__((key, value) for key, value in attributes.items() if value is not None)
+        self.fields = b"".join(map(_span_attribute, self.items()))
+
+
 def _scope(name: str, version: str | None) -> bytes:
     """The InstrumentationScope field of a ScopeSpans."""
     scope = _delimited(b"\x0a", name.encode())
@@ -180,7 +194,7 @@ class Span(trace.Span):
     """A recording span; `end()` encodes it and hands it to the export queue."""
 
     __slots__ = ("_tracer", "_name", "_kind", "trace_id", "span_id", "_parent", "_trace_state",
-                 "_start", "_end", "_attributes", "_events", "_links", "_status", "_dropped", "_context")
+                 "_start", "_end", "_attributes", "_sets", "_events", "_links", "_status", "_dropped", "_context")
 
     def __init__(self, tracer: "Tracer", name: str, kind: SpanKind, trace_id: int, span_id: int,
                  parent: "SpanContext | Span | None", trace_state: TraceState, attributes: dict[str, Any],
@@ -195,6 +209,7 @@ class Span(trace.Span):
         self._start = start
         self._end = 0
         self._attributes = attributes
+        self._sets: tuple[AttributeSet, ...] = ()  # kept whole, no key in common with each other or the dict
         self._events: list[bytes] | None = None
         self._links = links
         self._status: Status | None = None
@@ -229,7 +244,13 @@ class Span(trace.Span):
 
     @property
     def attributes(self) -> Mapping[str, Any]:
-        return self._attributes
+        if not self._sets:
+            return self._attributes
+        merged: dict[str, Any] = {}
+        for kept in self._sets:
+            merged.update(kept)
+        merged.update(self._attributes)
+        return merged
 
     @property
     def status(self) -> Status:
@@ -253,13 +274,32 @@ class Span(trace.Span):
             return
         own = self._attributes
         limit = self._tracer.limits[0]
-        crowded = len(own) + len(attributes) > limit  # (else there is room for all: no key to count)
+        held = len(own)
+        sets = self._sets
+        if sets or type(attributes) is AttributeSet:
+            apart = True  # no key of `attributes` in a kept set
+            for kept in sets:
+                held += len(kept)
+                apart = apart and kept.keys().isdisjoint(attributes)
+            if type(attributes) is AttributeSet and apart and held + len(attributes) <= limit \
+                    and own.keys().isdisjoint(attributes):
+                self._sets = (*sets, attributes)
+                return
+            if not apart:  # a key of a kept set written: the sets fold into the dict
+                own = self._fold()
+        crowded = held + len(attributes) > limit  # (else there is room for all: no key to count)
         for key, value in attributes.items():
             if value is not None:
                 if crowded and key not in own and len(own) >= limit:
                     self._dropped += 1
                 else:
                     own[key] = value
+
+    def _fold(self) -> dict[str, Any]:
+        """The kept sets and the span's own attributes as one dict, its own from now on."""
+        own = self._attributes = dict(self.attributes)
+        self._sets = ()
+        return own
 
     def add_event(self, name: str, attributes: Mapping[str, Any] | None = None,
                   timestamp: int | None = None) -> None:
@@ -326,6 +366,8 @@ class Span(trace.Span):
         if name is None:
             name = self._tracer.name_field(self._name)
         parts += (name, _KIND[id(self._kind)], _times(0x39, self._start, 0x41, self._end))
+        for kept in self._sets:
+            parts.append(kept.fields)
         caches = _ENCODED_BY_TYPE
         for item in self._attributes.items():
             kind = type(item[1])  # (values of other types may not hash)
@@ -444,19 +486,24 @@ class Tracer(trace.Tracer):
         span_id = random.getrandbits(64) or 1
         if not sampled:
             return trace.NonRecordingSpan(SpanContext(trace_id, span_id, False, _UNSAMPLED, state))
-        if attributes:
+        sets = ()
+        if not attributes:
+            attributes, dropped = {}, 0
+        elif type(attributes) is AttributeSet and len(attributes) <= self.limits[0]:
+            sets, attributes, dropped = (attributes,), {}, 0
+        else:
             attributes = dict(attributes)  # None values are left out when it is encoded
             limit = self.limits[0]
             dropped = len(attributes) - limit
             if dropped > 0:
                 attributes = dict(list(attributes.items())[:limit])
-        else:
-            attributes, dropped = {}, 0
         valid_links = tuple(link for link in links if link.context.is_valid) if links else ()
         span = Span(self, name, kind, trace_id, span_id, parent, state, attributes, valid_links,
                     start_time or time.time_ns())
         if dropped > 0:
             span._dropped = dropped
+        if sets:
+            span._sets = sets
         for processor in self.processors:
             processor.on_start(span, context)
         return span

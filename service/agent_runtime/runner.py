@@ -263,7 +263,7 @@ class Runner:
         task = asyncio.current_task()
         if task is None:
             raise RuntimeError("Runner.result() must be awaited in a task")
-        if not self._admitted:
+        if not self._admitted:  # admitted as __aenter__ admits, inline: a call less a run
             if self.manager.admission.take(self.user_id, self.agent.name):
                 self._hold()
             else:

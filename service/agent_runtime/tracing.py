@@ -38,22 +38,31 @@ _SERVER_ERRORS = frozenset({grpc.StatusCode.UNKNOWN, grpc.StatusCode.DEADLINE_EX
 _OK = grpc.StatusCode.OK
 _SERVER, _INTERNAL = SpanKind.SERVER, SpanKind.INTERNAL
 _RUN_START, _RUN_END, _CHUNK = EventType.RUN_START, EventType.RUN_END, EventType.CHUNK
-_OK_ATTRIBUTES = {"rpc.response.status_code": "OK", "rpc.grpc.status_code": 0}
 _PROPAGATED = frozenset({"traceparent", "tracestate"})
 _PROPAGATOR = TraceContextTextMapPropagator()
 _PRIMITIVES = (str, bool, int, float)
 
 
+def _attribute_set(attributes: Mapping[str, Any]) -> Mapping[str, Any]:
+    """Attributes that many spans share, made once: kept encoded by the runtime's own
+    tracer (`otlp_tracer.AttributeSet`, imported only once tracing is on), a plain dict to
+    any other."""
+    from .otlp_tracer import AttributeSet
+
+    return AttributeSet(attributes)
+
+
 class _RpcSpans:
     """The server span of each call of one method."""
 
-    __slots__ = ("tracer", "name", "attributes")
+    __slots__ = ("tracer", "name", "attributes", "ok")
 
-    def __init__(self, tracer: trace.Tracer, service: str, method: str) -> None:
+    def __init__(self, tracer: trace.Tracer, service: str, method: str, ok: Mapping[str, Any]) -> None:
         self.tracer = tracer
         self.name = f"{service}/{method}"
-        self.attributes = {"rpc.system.name": "grpc", "rpc.system": "grpc",
-                           "rpc.method": self.name, "rpc.service": service}
+        self.attributes = _attribute_set({"rpc.system.name": "grpc", "rpc.system": "grpc",
+                                          "rpc.method": self.name, "rpc.service": service})
+        self.ok = ok
 
     def begin(self, context: grpc.aio.ServicerContext) -> tuple[trace.Span, object]:
         parent = None
@@ -72,7 +81,7 @@ class _RpcSpans:
     def end(self, token: tuple[trace.Span, object], code: grpc.StatusCode) -> None:
         span, attached = token
         if code is _OK:  # most calls: no enum property or hash on the way
-            span.set_attributes(_OK_ATTRIBUTES)
+            span.set_attributes(self.ok)
         else:
             span.set_attributes({"rpc.response.status_code": code.name, "rpc.grpc.status_code": code.value[0]})
             if code in _SERVER_ERRORS:
@@ -88,9 +97,10 @@ class RpcTracer:
 
     def __init__(self, tracer: trace.Tracer) -> None:
         self.tracer = tracer
+        self.ok = _attribute_set({"rpc.response.status_code": "OK", "rpc.grpc.status_code": 0})
 
     def method(self, service: str, method: str, grpc_type: str) -> _RpcSpans:
-        return _RpcSpans(self.tracer, service, method)
+        return _RpcSpans(self.tracer, service, method, self.ok)
 
 
 def _attributes(data: Any) -> dict[str, Any]:
@@ -112,6 +122,9 @@ class TracingSink:
 
     def __init__(self, tracer: trace.Tracer) -> None:
         self.tracer = tracer
+        # The end of a run that succeeded without a model's tokens: most runs of most agents.
+        self.ok_without_tokens = _attribute_set({"agent_runtime.run.status": "ok", "gen_ai.usage.input_tokens": 0,
+                                                 "gen_ai.usage.output_tokens": 0})
 
     def on_event(self, event: RunEvent) -> None:
         kind = event.type
@@ -204,9 +217,12 @@ class TracingSink:
                 _fail(child, status.value if status is not RunStatus.OK else "unfinished",
                       "the run ended before this call did")
                 child.end(end_time=end)
-        span.set_attributes({"agent_runtime.run.status": "ok" if status is RunStatus.OK else status.value,
-                             "gen_ai.usage.input_tokens": data.get("input_tokens") or 0,
-                             "gen_ai.usage.output_tokens": data.get("output_tokens") or 0})
+        input_tokens, output_tokens = data.get("input_tokens") or 0, data.get("output_tokens") or 0
+        if status is RunStatus.OK and not (input_tokens or output_tokens):
+            span.set_attributes(self.ok_without_tokens)
+        else:
+            span.set_attributes({"agent_runtime.run.status": status.value, "gen_ai.usage.input_tokens": input_tokens,
+                                 "gen_ai.usage.output_tokens": output_tokens})
         if status is not RunStatus.OK:
             _fail(span, status.value, data.get("error") or "")
         span.end(end_time=end)

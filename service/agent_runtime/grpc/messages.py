@@ -116,9 +116,9 @@ def invoke_response(runner: Runner, output: Any) -> bytes:
     """The reply to Invoke, as wire bytes: the run's ids, output, usage and trace id
     (when any). Invoke's handler has no response serializer: gRPC sends these bytes.
 
-    Written with protowire rather than built in upb and serialized, which cost twice
-    as much (about 2k instructions a call, callgrind says); an output other than text
-    and the usage are still upb's, embedded as they serialize."""
+    Written with protowire, one join of a tuple, rather than built in upb and serialized
+    (about 1k instructions a call less, callgrind says); an output other than text and
+    the usage are still upb's, embedded as they serialize."""
     run_id = runner.run_id
     ids = run_id.encode()
     agent = runner.agent.name.encode()
