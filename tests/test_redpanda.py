@@ -134,17 +134,33 @@ async def test_bad_requests_are_invalid_argument(serve, channel_to, service, req
     assert expected in info.value.details()
 
 
-async def test_over_capacity_is_resource_exhausted_with_retry_hint(serve, channel_to):
-    server = await serve(interop_agents.slow, max_concurrency=1, max_queue=0)
-    stub = stubs(channel_to(server.address))["AgentRuntime"]
-    holder = stub.InvokeAgent(pb.InvokeAgentRequest(message=mpb.Message(bytes=b"2")))
+@pytest.mark.parametrize("service", ["AgentRuntime", "Runtime"])
+async def test_over_capacity_is_resource_exhausted_with_retry_hint_before_the_request_is_read(
+        serve, channel_to, service):
+    """Gated as Invoke is, on a server of several agents too (InvokeAgent runs one): while
+    every slot is taken even bytes that are no request are refused unread, counted for
+    Redpanda's agent; once the slot is free they get their own status."""
+    server = await serve({"echo": echo.echo_agent, "slow": interop_agents.slow}, redpanda_agent="slow",
+                         max_concurrency=1, max_queue=0)
+    channel = channel_to(server.address)
+    stub = stubs(channel)[service]
+    raw = channel.unary_unary(f"/redpanda.runtime.v1alpha1.{service}/InvokeAgent")
+    holder = stub.InvokeAgent(pb.InvokeAgentRequest(message=mpb.Message(bytes=b"1")))
     while not server.manager.admission.in_use:
         await asyncio.sleep(0.01)
+    for call in (stub.InvokeAgent(pb.InvokeAgentRequest(message=mpb.Message(bytes=b"0"))), raw(b"\xff\xff\xff")):
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await call
+        assert info.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "max_queue 0" in info.value.details()
+        assert int(dict(info.value.trailing_metadata())["grpc-retry-pushback-ms"]) >= 1
+    assert server.manager.admission.rejected == {"slow": 2}
+    assert (await holder).message.bytes == b"slept 1s"
     with pytest.raises(grpc.aio.AioRpcError) as info:
-        await stub.InvokeAgent(pb.InvokeAgentRequest(message=mpb.Message(bytes=b"0")))
-    assert info.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
-    assert int(dict(info.value.trailing_metadata())["grpc-retry-pushback-ms"]) >= 1
-    assert (await holder).message.bytes == b"slept 2s"
+        await raw(b"\xff\xff\xff")
+    assert info.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert (await stub.InvokeAgent(pb.InvokeAgentRequest(message=mpb.Message(bytes=b"0")))).message.bytes == b"slept 0s"
+    assert server.manager.admission.rejected == {"slow": 2} and server.manager.admission.in_use == 0
 
 
 async def test_trace_context_returns_the_run_spans(serve, channel_to):

@@ -8,7 +8,9 @@ own runtime: bytes values at any depth work, the Message metadata reaches the ag
 (`RunContext.metadata`), a run that fails is answered on `AgentRuntime` with the
 input message flagged by the protocol's `error` field (so a pipeline can route
 it), and SIGTERM drains. Failures before a run starts (bad request, over
-capacity, draining) are gRPC statuses on both, with the usual retry hint.
+capacity, draining) are gRPC statuses on both, with the usual retry hint; while
+admission refuses every run, a call is refused before its request is read
+(`unread_handlers`), as our own Invoke is.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from ..session import SessionManager
 from . import messages
 from .redpanda_messages import failed_message, message_input, message_metadata, output_message
 from .redpanda_trace import SpanCollector, recorder
-from .servicer import _timeout
+from .servicer import _timeout, admitted_request
 from .status import RUN_ID_KEY, abort, unexpected
 
 AGENT_RUNTIME_SERVICE = pb.DESCRIPTOR.services_by_name["AgentRuntime"].full_name
@@ -55,6 +57,14 @@ class RedpandaRuntimeServicer:
     async def InvokeAgentV0(self, request: Any, context: grpc.aio.ServicerContext) -> pb.InvokeAgentResponse:
         """The first protocol version (service `Runtime`): a failed run is a gRPC status."""
         return await self._invoke(request, context, failure_in_message=False)
+
+    async def InvokeAgentUnread(self, requests: Any, context: grpc.aio.ServicerContext) -> pb.InvokeAgentResponse:
+        """InvokeAgent taken while admission refuses every run (see `unread_handlers`)."""
+        return await self.InvokeAgent(await admitted_request(self.manager, self.agent, context), context)
+
+    async def InvokeAgentV0Unread(self, requests: Any, context: grpc.aio.ServicerContext) -> pb.InvokeAgentResponse:
+        """InvokeAgentV0 taken while admission refuses every run (see `unread_handlers`)."""
+        return await self.InvokeAgentV0(await admitted_request(self.manager, self.agent, context), context)
 
     async def _invoke(self, request: Any, context: grpc.aio.ServicerContext, *,
                       failure_in_message: bool) -> pb.InvokeAgentResponse:
@@ -97,10 +107,19 @@ def _ran(runner: Runner) -> bool:
 
 def method_handlers(servicer: RedpandaRuntimeServicer) -> dict[str, dict[str, grpc.RpcMethodHandler]]:
     """Handlers by service name, with request parsing that maps undecodable bytes to INVALID_ARGUMENT."""
-    def handler(method: Any) -> dict[str, grpc.RpcMethodHandler]:
-        return {"InvokeAgent": grpc.unary_unary_rpc_method_handler(
-            method, request_deserializer=messages.parser(pb.InvokeAgentRequest),
-            response_serializer=pb.InvokeAgentResponse.SerializeToString)}
+    return _handlers(grpc.unary_unary_rpc_method_handler, servicer.InvokeAgent, servicer.InvokeAgentV0)
 
-    return {AGENT_RUNTIME_SERVICE: handler(servicer.InvokeAgent),
-            RUNTIME_SERVICE: handler(servicer.InvokeAgentV0)}
+
+def unread_handlers(servicer: RedpandaRuntimeServicer) -> dict[str, dict[str, grpc.RpcMethodHandler]]:
+    """Stand-ins for both InvokeAgents while admission refuses every run (gated by
+    `Admission.closed`, as `servicer.unread_handlers` are): request-streaming handlers,
+    so a call is refused before gRPC reads its request."""
+    return _handlers(grpc.stream_unary_rpc_method_handler, servicer.InvokeAgentUnread, servicer.InvokeAgentV0Unread)
+
+
+def _handlers(make: Any, invoke: Any, invoke_v0: Any) -> dict[str, dict[str, grpc.RpcMethodHandler]]:
+    def handler(method: Any) -> dict[str, grpc.RpcMethodHandler]:
+        return {"InvokeAgent": make(method, request_deserializer=messages.parser(pb.InvokeAgentRequest),
+                                    response_serializer=pb.InvokeAgentResponse.SerializeToString)}
+
+    return {AGENT_RUNTIME_SERVICE: handler(invoke), RUNTIME_SERVICE: handler(invoke_v0)}

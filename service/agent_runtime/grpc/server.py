@@ -155,9 +155,13 @@ class RuntimeServer:
         registrar.add_registered_method_handlers(SERVICE_NAME, method_handlers(servicer))
         if len(self.manager.agents) == 1:
             registrar.add_gates(SERVICE_NAME, self.manager.admission, unread_handlers(servicer))
-        for service, service_handlers in self._redpanda_handlers().items():
-            registrar.add_registered_method_handlers(service, service_handlers)
-            self.services.append(service)
+        redpanda_servicer = self._redpanda_servicer()
+        if redpanda_servicer is not None:
+            for service, service_handlers in redpanda.method_handlers(redpanda_servicer).items():
+                registrar.add_registered_method_handlers(service, service_handlers)
+                self.services.append(service)
+            for service, stand_ins in redpanda.unread_handlers(redpanda_servicer).items():
+                registrar.add_gates(service, self.manager.admission, stand_ins)
         if cfg.plugin_handshake:
             registrar.add_registered_method_handlers(
                 PLUGIN_CONTROLLER_SERVICE, {"Shutdown": grpc.unary_unary_rpc_method_handler(self._plugin_shutdown)})
@@ -191,7 +195,7 @@ class RuntimeServer:
         logger.info("serving agents %s on %s", ", ".join(self.manager.agents), self.address)
         return self.address
 
-    def _redpanda_handlers(self) -> dict[str, dict[str, grpc.RpcMethodHandler]]:
+    def _redpanda_servicer(self) -> redpanda.RedpandaRuntimeServicer | None:
         """Redpanda's InvokeAgent, when it is clear which agent it runs."""
         cfg = self.config
         if not cfg.redpanda_agent and len(self.manager.agents) > 1:
@@ -200,11 +204,10 @@ class RuntimeServer:
                                   "with redpanda_agent")
             logger.info("several agents are served and redpanda_agent is not set: the Redpanda "
                         "protocol is not served")
-            return {}
+            return None
         try:
-            servicer = redpanda.RedpandaRuntimeServicer(self.manager, cfg.redpanda_agent,
-                                                        tracer_provider=self.tracer_provider)
-            return redpanda.method_handlers(servicer)
+            return redpanda.RedpandaRuntimeServicer(self.manager, cfg.redpanda_agent,
+                                                    tracer_provider=self.tracer_provider)
         except AgentRuntimeError as exc:
             raise ConfigError(f"redpanda_agent: {exc.message}") from None
 

@@ -37,6 +37,19 @@ def _timeout(requested: float | None, remaining: float | None) -> float | None:
     return remaining if requested is None else min(requested, remaining)
 
 
+async def admitted_request(manager: SessionManager, agent: str, context: grpc.aio.ServicerContext) -> Any:
+    """The request of a call taken before it was read (a gated method's stand-in, for
+    `agent`, or the only one when empty): refused unread while admission refuses every
+    run; read only if a slot has come free since the call arrived."""
+    refused = manager.admission.refusal("", manager.agent(agent or None).name)
+    if refused is not None:
+        await abort(context, refused)
+    request = await context.read()
+    if request is grpc.aio.EOF:
+        await abort(context, InvalidInput("the call carried no request message"))
+    return request
+
+
 class AgentRuntimeServicer:
     def __init__(self, manager: SessionManager) -> None:
         self.manager = manager
@@ -80,22 +93,11 @@ class AgentRuntimeServicer:
 
     async def InvokeUnread(self, requests: Any, context: grpc.aio.ServicerContext) -> bytes:
         """Invoke taken while admission refuses every run (see `unread_handlers`)."""
-        return await self.Invoke(await self._admitted_request(context), context)
+        return await self.Invoke(await admitted_request(self.manager, "", context), context)
 
     async def InvokeStreamUnread(self, requests: Any, context: grpc.aio.ServicerContext) -> None:
         """InvokeStream taken while admission refuses every run (see `unread_handlers`)."""
-        await self.InvokeStream(await self._admitted_request(context), context)
-
-    async def _admitted_request(self, context: grpc.aio.ServicerContext) -> Any:
-        """The request of a call taken before it was read: refused unread while admission
-        refuses every run; read only if a slot has come free since the call arrived."""
-        refused = self.manager.admission.refusal("", self.manager.agent().name)
-        if refused is not None:
-            await abort(context, refused)
-        request = await context.read()
-        if request is grpc.aio.EOF:
-            await abort(context, InvalidInput("the call carried no request message"))
-        return request
+        await self.InvokeStream(await admitted_request(self.manager, "", context), context)
 
     async def ListAgents(self, request: Any, context: grpc.aio.ServicerContext) -> pb.ListAgentsResponse:
         return pb.ListAgentsResponse(agents=[messages.agent_info(spec) for spec in self.manager.agents.values()])
