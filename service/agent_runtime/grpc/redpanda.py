@@ -29,7 +29,7 @@ from ..session import SessionManager
 from . import messages
 from .redpanda_messages import failed_message, message_input, message_metadata, output_message
 from .redpanda_trace import SpanCollector, recorder
-from .servicer import _timeout, admitted_request
+from .servicer import _timeout, unread
 from .status import RUN_ID_KEY, abort, unexpected
 
 AGENT_RUNTIME_SERVICE = pb.DESCRIPTOR.services_by_name["AgentRuntime"].full_name
@@ -57,14 +57,6 @@ class RedpandaRuntimeServicer:
     async def InvokeAgentV0(self, request: Any, context: grpc.aio.ServicerContext) -> pb.InvokeAgentResponse:
         """The first protocol version (service `Runtime`): a failed run is a gRPC status."""
         return await self._invoke(request, context, failure_in_message=False)
-
-    async def InvokeAgentUnread(self, requests: Any, context: grpc.aio.ServicerContext) -> pb.InvokeAgentResponse:
-        """InvokeAgent taken while admission refuses every run (see `unread_handlers`)."""
-        return await self.InvokeAgent(await admitted_request(self.manager, self.agent, context), context)
-
-    async def InvokeAgentV0Unread(self, requests: Any, context: grpc.aio.ServicerContext) -> pb.InvokeAgentResponse:
-        """InvokeAgentV0 taken while admission refuses every run (see `unread_handlers`)."""
-        return await self.InvokeAgentV0(await admitted_request(self.manager, self.agent, context), context)
 
     async def _invoke(self, request: Any, context: grpc.aio.ServicerContext, *,
                       failure_in_message: bool) -> pb.InvokeAgentResponse:
@@ -114,7 +106,9 @@ def unread_handlers(servicer: RedpandaRuntimeServicer) -> dict[str, dict[str, gr
     """Stand-ins for both InvokeAgents while admission refuses every run (gated by
     `Admission.closed`, as `servicer.unread_handlers` are): request-streaming handlers,
     so a call is refused before gRPC reads its request."""
-    return _handlers(grpc.stream_unary_rpc_method_handler, servicer.InvokeAgentUnread, servicer.InvokeAgentV0Unread)
+    manager, agent = servicer.manager, servicer.agent
+    return _handlers(grpc.stream_unary_rpc_method_handler, unread(manager, agent, servicer.InvokeAgent),
+                     unread(manager, agent, servicer.InvokeAgentV0))
 
 
 def _handlers(make: Any, invoke: Any, invoke_v0: Any) -> dict[str, dict[str, grpc.RpcMethodHandler]]:

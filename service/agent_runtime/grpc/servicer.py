@@ -37,17 +37,21 @@ def _timeout(requested: float | None, remaining: float | None) -> float | None:
     return remaining if requested is None else min(requested, remaining)
 
 
-async def admitted_request(manager: SessionManager, agent: str, context: grpc.aio.ServicerContext) -> Any:
-    """The request of a call taken before it was read (a gated method's stand-in, for
-    `agent`, or the only one when empty): refused unread while admission refuses every
-    run; read only if a slot has come free since the call arrived."""
-    refused = manager.admission.refusal("", manager.agent(agent or None).name)
-    if refused is not None:
-        await abort(context, refused)
-    request = await context.read()
-    if request is grpc.aio.EOF:
-        await abort(context, InvalidInput("the call carried no request message"))
-    return request
+def unread(manager: SessionManager, agent: str, method: Any) -> Any:
+    """`method` as a gated method's stand-in (request-streaming, so gRPC has read
+    nothing when it runs): for `agent`, or the only one when empty, the call is refused
+    unread while admission refuses every run; its request is read and handed to `method`
+    only if a slot has come free since the call arrived."""
+    async def stand_in(requests: Any, context: grpc.aio.ServicerContext) -> Any:
+        refused = manager.admission.refusal("", manager.agent(agent or None).name)
+        if refused is not None:
+            await abort(context, refused)
+        request = await context.read()
+        if request is grpc.aio.EOF:
+            await abort(context, InvalidInput("the call carried no request message"))
+        return await method(request, context)
+
+    return stand_in
 
 
 class AgentRuntimeServicer:
@@ -91,14 +95,6 @@ class AgentRuntimeServicer:
         except Exception as exc:
             await abort(context, unexpected(exc, runner.run_id if runner is not None else ""))
 
-    async def InvokeUnread(self, requests: Any, context: grpc.aio.ServicerContext) -> bytes:
-        """Invoke taken while admission refuses every run (see `unread_handlers`)."""
-        return await self.Invoke(await admitted_request(self.manager, "", context), context)
-
-    async def InvokeStreamUnread(self, requests: Any, context: grpc.aio.ServicerContext) -> None:
-        """InvokeStream taken while admission refuses every run (see `unread_handlers`)."""
-        await self.InvokeStream(await admitted_request(self.manager, "", context), context)
-
     async def ListAgents(self, request: Any, context: grpc.aio.ServicerContext) -> pb.ListAgentsResponse:
         return pb.ListAgentsResponse(agents=[messages.agent_info(spec) for spec in self.manager.agents.values()])
 
@@ -134,8 +130,9 @@ def unread_handlers(servicer: AgentRuntimeServicer) -> dict[str, grpc.RpcMethodH
     that names an unknown agent, or is not valid, is refused too (it is not read)."""
     parse = messages.parser(pb.InvokeRequest)
     return {
-        "Invoke": grpc.stream_unary_rpc_method_handler(servicer.InvokeUnread, request_deserializer=parse),
+        "Invoke": grpc.stream_unary_rpc_method_handler(
+            unread(servicer.manager, "", servicer.Invoke), request_deserializer=parse),
         "InvokeStream": grpc.stream_stream_rpc_method_handler(
-            servicer.InvokeStreamUnread, request_deserializer=parse,
+            unread(servicer.manager, "", servicer.InvokeStream), request_deserializer=parse,
             response_serializer=pb.InvokeEvent.SerializeToString),
     }
