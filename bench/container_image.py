@@ -126,7 +126,10 @@ def ensure_base_image(tag: str = BASE_TAG) -> str:
 def build_image(tag: str = IMAGE_TAG, base: str = BASE_TAG) -> float:
     """Build the repository's Dockerfile on `base` as `tag`; returns the seconds it took."""
     args = ["build", "--network", "host", "--build-arg", f"BASE_IMAGE={base}", "-t", tag]
-    revision = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True)
+    # The checkout being built may belong to another user (git then refuses it as of
+    # "dubious ownership"); reading its HEAD runs nothing of it.
+    revision = subprocess.run(["git", "-c", f"safe.directory={ROOT}", "-C", str(ROOT), "rev-parse", "HEAD"],
+                              capture_output=True, text=True)
     if revision.returncode == 0:  # only the final label layer changes from commit to commit
         args += ["--build-arg", f"REVISION={revision.stdout.strip()}"]
     if CA_BUNDLE.exists():  # TLS may be re-signed on the way out: pip needs the machine's CAs
