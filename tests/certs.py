@@ -34,11 +34,24 @@ def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
                              serialization.NoEncryption())
 
 
+def _key_usage(*, ca: bool) -> x509.KeyUsage:
+    return x509.KeyUsage(digital_signature=not ca, content_commitment=False, key_encipherment=False,
+                         data_encipherment=False, key_agreement=False, key_cert_sign=ca, crl_sign=ca,
+                         encipher_only=False, decipher_only=False)
+
+
 class CA:
+    """A CA whose certificates pass OpenSSL's strict checks (Python 3.13's default
+    context sets VERIFY_X509_STRICT): key usages and key identifiers included."""
+
     def __init__(self, name: str) -> None:
         self.key = ec.generate_private_key(ec.SECP256R1())
-        self.cert = self._builder(_name(name), self.key.public_key()).add_extension(
-            x509.BasicConstraints(ca=True, path_length=None), critical=True).sign(self.key, hashes.SHA256())
+        public_key = self.key.public_key()
+        self.cert = (self._builder(_name(name), public_key)
+                     .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+                     .add_extension(_key_usage(ca=True), critical=True)
+                     .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
+                     .sign(self.key, hashes.SHA256()))
         self.pem = self.cert.public_bytes(serialization.Encoding.PEM)
 
     def _builder(self, subject: x509.Name, public_key) -> x509.CertificateBuilder:
@@ -52,8 +65,12 @@ class CA:
     def issue(self, cn: str, *, server: bool = True) -> Issued:
         key = ec.generate_private_key(ec.SECP256R1())
         usage = ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH
-        builder = self._builder(_name(cn), key.public_key()).add_extension(
-            x509.ExtendedKeyUsage([usage]), critical=False)
+        builder = (self._builder(_name(cn), key.public_key())
+                   .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+                   .add_extension(_key_usage(ca=False), critical=True)
+                   .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+                   .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(self.key.public_key()),
+                                  critical=False))
         if server:
             builder = builder.add_extension(x509.SubjectAlternativeName(
                 [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
