@@ -92,8 +92,10 @@ async def test_runs_past_the_drain_timeout_are_cancelled_with_end_events(server_
             events.append(event)
         raise AssertionError("the stream ended without an error status")
     except grpc.aio.AioRpcError as exc:
-        assert exc.code() is grpc.StatusCode.UNAVAILABLE  # retryable on another replica
-        assert dict(exc.trailing_metadata())["agent-runtime-run-id"] == events[-1].run_id
+        assert exc.code() is grpc.StatusCode.UNAVAILABLE  # the caller may run it again elsewhere
+        trailers = dict(exc.trailing_metadata())
+        assert trailers["agent-runtime-run-id"] == events[-1].run_id
+        assert trailers["grpc-retry-pushback-ms"] == "-1"  # but no gRPC client does so on its own
     assert events[-1].ended.status == pb.RUN_STATUS_CANCELLED
     try:
         await unary
