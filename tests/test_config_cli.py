@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from agent_runtime import ConfigError, ServerConfig
 from agent_runtime.builder import AgentBuilder, load_object
 from agent_runtime.cli import build_parser, load_server_config
-from conftest import ROOT
+from conftest import LISTENING, ROOT
 
 
 def config_from(argv: list[str], environ: dict[str, str] | None = None):
@@ -108,14 +109,50 @@ def test_builder_needs_agents():
 
 def run_cli(*argv: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "agent_runtime", *argv], capture_output=True,
-                          text=True, timeout=60)
+                          text=True, timeout=60, cwd=ROOT)
+
+
+SCRIPT = str(Path(sys.executable).parent / "agent-runtime")  # the console script, not `python -m`
+HELLO = "async def hello(input):\n    return f'hello {input}'\n"
+
+
+@pytest.mark.parametrize("app_dir", [None, "agents"])
+def test_the_script_imports_agents_from_the_app_dir(tmp_path, app_dir):
+    """`agent-runtime serve --agent myagents:hello` in the folder of myagents.py (or
+    naming it with --app-dir) serves it, as `python -m agent_runtime` always did."""
+    folder = tmp_path / (app_dir or "")
+    folder.mkdir(exist_ok=True)
+    (folder / "myagents.py").write_text(HELLO)
+    extra = ["--app-dir", app_dir] if app_dir else []
+    proc = subprocess.Popen([SCRIPT, "serve", "--port", "0", "--metrics-port", "0", "--agent", "myagents:hello",
+                             *extra], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+        assert LISTENING.search(line), (line, proc.stderr.read() if proc.poll() is not None else "")
+    finally:
+        proc.kill()
+        proc.wait(10)
+        proc.stdout.close()
+        proc.stderr.close()
+
+
+def test_a_module_not_found_says_where_it_was_looked_for(tmp_path):
+    missing = subprocess.run([SCRIPT, "serve", "--agent", "myagents:hello"], cwd=tmp_path, capture_output=True,
+                             text=True, timeout=60)
+    assert missing.returncode == 2
+    assert missing.stderr.strip().endswith(f"No module named 'myagents' (looked in {tmp_path} (--app-dir) "
+                                           "and the installed packages)")
+    nowhere = run_cli("serve", "--app-dir", str(tmp_path / "nope"))
+    assert nowhere.returncode == 2
+    assert nowhere.stderr.strip() == f"agent-runtime: error: app_dir {str(tmp_path / 'nope')!r} is not a folder"
 
 
 def test_cli_exit_codes_and_messages():
     bad = run_cli("serve", "--agent", "nope:x")
     assert bad.returncode == 2
     assert bad.stderr.strip() == ("agent-runtime: error: cannot import module 'nope' (from 'nope:x'): "
-                                  "No module named 'nope'")
+                                  f"No module named 'nope' (looked in {ROOT} (--app-dir) and the "
+                                  "installed packages)")
     usage = run_cli("serve", "--bogus")
     assert usage.returncode == 2 and "unrecognized arguments: --bogus" in usage.stderr
     assert run_cli().returncode == 2

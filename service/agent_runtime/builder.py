@@ -37,15 +37,17 @@ AGENT_KEYS = {"name", "model", "instructions", "tools", "description", "model_se
 _REF_KEYS = ("output_type", "hooks")
 
 
-def load_object(ref: str) -> Any:
-    """Import `module:attr` (attr may be dotted); ConfigError says what is wrong."""
+def load_object(ref: str, *, looked_in: str = "") -> Any:
+    """Import `module:attr` (attr may be dotted); ConfigError says what is wrong, and
+    where the module was looked for when `looked_in` says so."""
     module_name, sep, attr = ref.partition(":")
     if not sep or not module_name or not attr:
         raise ConfigError(f"{ref!r} is not a module:attribute reference (e.g. mypkg.agents:support)")
     try:
         obj = importlib.import_module(module_name)
     except ImportError as exc:
-        raise ConfigError(f"cannot import module {module_name!r} (from {ref!r}): {exc}") from None
+        where = f" (looked in {looked_in})" if looked_in and isinstance(exc, ModuleNotFoundError) else ""
+        raise ConfigError(f"cannot import module {module_name!r} (from {ref!r}): {exc}{where}") from None
     for part in attr.split("."):
         try:
             obj = getattr(obj, part)
