@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import logging
 import os
 import sys
 from typing import Any, Sequence
@@ -104,11 +103,9 @@ def run_serve(args: argparse.Namespace) -> int:
     from .grpc.server import RuntimeServer, serve_main
 
     cfg, agents = load_server_config(args)
-    from .runlog import formatter
+    from .runlog import configure
 
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(formatter(cfg.log_format))
-    logging.basicConfig(level=cfg.log_level.upper(), handlers=[handler])
+    configure(cfg.log_level, cfg.log_format)
     try:
         server = RuntimeServer(agents, cfg)
     except (TypeError, ValueError) as exc:

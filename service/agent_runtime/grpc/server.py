@@ -41,6 +41,7 @@ from ..errors import AgentRuntimeError
 from ..events import EventSink
 from ..history import InMemoryHistory
 from ..metrics import GrpcMetrics, MetricsEndpoint, MetricsSink
+from .. import runlog
 from ..runlog import RunLogSink
 from ..session import SessionManager
 from . import auth, redpanda, tls
@@ -106,7 +107,8 @@ class RuntimeServer:
             tracer = self.tracer_provider.get_tracer(tracing.INSTRUMENTATION)
             manager.add_sink(tracing.TracingSink(tracer))
             self.observers.append(tracing.RpcTracer(tracer))
-        manager.add_sink(RunLogSink())
+        self.run_log = RunLogSink()
+        manager.add_sink(self.run_log)
         self.metrics: MetricsEndpoint | None = None
         self.health = health_aio.HealthServicer()
         self.services: list[str] = [SERVICE_NAME]
@@ -324,7 +326,15 @@ async def serve_main(server: RuntimeServer) -> int:
 
     This is a process's main: agents still executing once the server has stopped
     (abandoned ones that ignore cancellation, or runs cut short by a second
-    signal) cannot be waited for, so the process exits without them."""
+    signal) cannot be waited for, so the process exits without them. It sets up
+    logging as `agent-runtime serve` does (the config's level and format, on
+    stderr) unless the application did."""
+    if runlog.configure(server.config.log_level, server.config.log_format):
+        # the run log decides which run ends it logs as it is made: made again for this level
+        manager = server.manager
+        manager.sinks.remove(server.run_log)
+        server.run_log = RunLogSink()
+        manager.add_sink(server.run_log)
     code = await server.serve()
     busy = server.manager.busy
     if busy:
