@@ -83,6 +83,14 @@ def test_failed_run_exits_1_with_status_and_message(server):
     assert streamed.returncode == 1 and b"INTERNAL" in streamed.stderr
 
 
+@pytest.mark.parametrize("stream", [[], ["--stream"]])
+def test_several_agents_and_no_agent_named_says_to_use_the_flag(server, stream):
+    done = cli("invoke", "--target", server.address, *stream, "x")
+    assert done.returncode == 1
+    assert done.stderr == (b"agent-runtime: INVALID_ARGUMENT: this server serves several agents (echo, broken, "
+                           b"whoami, flaky_provider); name one with --agent\n")
+
+
 def test_unknown_agent_exits_1(server):
     done = cli("invoke", "--target", server.address, "--agent", "nope", "x")
     assert done.returncode == 1

@@ -84,7 +84,7 @@ def test_toml_config_file(tmp_path):
 
 
 @pytest.mark.parametrize("text, message", [
-    ("agents: [", "is not valid yaml"),
+    ("agents: [", "is not valid YAML (config files are read as YAML, or as TOML when named *.toml)"),
     ("- a\n- b\n", "must hold a mapping"),
     ("servers: {}\n", "unknown sections ['servers']"),
     ("server:\n  nope: 1\nagents: [agents_for_tests:upper]\n", "unknown setting 'nope'"),
@@ -99,6 +99,20 @@ def test_bad_config_files(tmp_path, text, message):
     with pytest.raises(ConfigError) as err:
         config_from(["--config", str(path)])
     assert message in str(err.value)
+
+
+@pytest.mark.parametrize("name, text, message", [
+    ("agents.conf", "[server]\nmax_queue = 7\n", "'{path}' is not valid YAML (config files are read as YAML, "
+                                                  "or as TOML when named *.toml)"),
+    ("agents.toml", "agents: [x]\n", "'{path}' is not valid TOML (config files are read as YAML, or as TOML "
+                                     "when named *.toml)"),
+])
+def test_a_config_file_that_does_not_parse_says_which_formats_are_read(tmp_path, name, text, message):
+    path = tmp_path / name
+    path.write_text(text)
+    with pytest.raises(ConfigError) as err:
+        config_from(["--config", str(path)])
+    assert message.format(path=path) in str(err.value)
 
 
 def test_builder_needs_agents():

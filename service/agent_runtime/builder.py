@@ -62,8 +62,9 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
         text = path.read_text()
     except OSError as exc:
         raise ConfigError(f"cannot read config file {str(path)!r}: {exc.strerror}") from None
+    as_toml = path.suffix == ".toml"
     try:
-        if path.suffix == ".toml":
+        if as_toml:
             import tomllib
 
             data = tomllib.loads(text)
@@ -72,8 +73,8 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
 
             data = yaml.safe_load(text) or {}
     except Exception as exc:
-        raise ConfigError(f"config file {str(path)!r} is not valid {path.suffix.lstrip('.') or 'YAML'}: "
-                          f"{exc}") from None
+        raise ConfigError(f"config file {str(path)!r} is not valid {'TOML' if as_toml else 'YAML'} (config "
+                          f"files are read as YAML, or as TOML when named *.toml): {exc}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config file {str(path)!r} must hold a mapping with `agents` and `server`")
     unknown = set(data) - {"agents", "server"}

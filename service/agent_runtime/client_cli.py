@@ -157,6 +157,21 @@ def _print_output(output: Any) -> None:
 
 
 def _invoke(client: SyncAgentRuntimeClient, args: argparse.Namespace) -> int:
+    """Run the agent; a server of several agents asked without --agent says to use it
+    (its own message names the request's `agent` field, which a shell user never sees)."""
+    try:
+        return _run_agent(client, args)
+    except CallError as exc:
+        if exc.code is not grpc.StatusCode.INVALID_ARGUMENT or args.agent:
+            raise
+        names = [agent.name for agent in client.list_agents(timeout=10)]
+        if len(names) < 2:
+            raise
+        raise CallError(exc.code, f"this server serves several agents ({', '.join(names)}); "
+                                  "name one with --agent") from None
+
+
+def _run_agent(client: SyncAgentRuntimeClient, args: argparse.Namespace) -> int:
     input = read_input(args.input, args.json)
     options = dict(agent=args.agent, session_id=args.session, user_id=args.user,
                    metadata=_metadata(args.metadata), timeout=args.timeout)
