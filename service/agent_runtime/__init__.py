@@ -23,6 +23,6 @@ __all__ = [
     "Blob", "ConfigError", "Draining", "EventSink", "EventType", "HistoryStore", "InMemoryHistory",
     "InvalidInput", "MCPServer", "MaxTurnsExceeded", "Overloaded",
     "ProviderRejected", "ProviderUnavailable", "RunCancelled", "RunContext", "RunEvent", "RunStatus",
-    "RunTimeout", "Runner", "RuntimeServer", "ServerConfig", "ServerMisconfigured", "Session", "SessionManager", "Tool",
-    "Unauthenticated", "as_agent", "current_run", "emit_chunk", "emit_event", "serve_main", "tool",
+    "RunTimeout", "Runner", "RuntimeServer", "ServerConfig", "ServerMisconfigured", "Session", "SessionManager",
+    "Tool", "Unauthenticated", "as_agent", "current_run", "emit_chunk", "emit_event", "serve_main", "tool",
 ]

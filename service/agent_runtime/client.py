@@ -51,7 +51,8 @@ class ClientConfig:
     `target` is any gRPC target: `host:port`, `dns:///name:port` (a headless
     Service resolves to every pod), `ipv4:10.0.0.1:50051,10.0.0.2:50051`.
     `max_attempts` counts the first attempt (1 disables retries; gRPC caps it
-    at 5); only refusals (over capacity, draining) are retried, never a run. `keepalive_time` (0 disables pings) must not be below the server's
+    at 5); only refusals (over capacity, draining) are retried, never a run.
+    `keepalive_time` (0 disables pings) must not be below the server's
     `keepalive_permit_interval` (10 s by default; a plain gRPC server's is 300 s),
     or the server closes the connection (too_many_pings).
     """

@@ -43,8 +43,7 @@ from ..errors import AgentRuntimeError
 from ..events import EventSink
 from ..history import InMemoryHistory
 from ..metrics import GrpcMetrics, MetricsEndpoint, MetricsSink
-from .. import runlog
-from ..runlog import RunLogSink
+from ..runlog import RunLogSink, configure as configure_logging
 from ..session import SessionManager
 from . import auth, redpanda, tls
 from .instrument import ObservedRegistrar, RpcObserver
@@ -355,7 +354,7 @@ async def serve_main(server: RuntimeServer) -> int:
     signal) cannot be waited for, so the process exits without them. It sets up
     logging as `agent-runtime serve` does (the config's level and format, on
     stderr) unless the application did."""
-    if runlog.configure(server.config.log_level, server.config.log_format):
+    if configure_logging(server.config.log_level, server.config.log_format):
         # the run log decides which run ends it logs as it is made: made again for this level
         manager = server.manager
         manager.sinks.remove(server.run_log)
