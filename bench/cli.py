@@ -16,6 +16,7 @@ import shlex
 import signal
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Sequence
 
@@ -43,8 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-nat", action="store_true", help="leave out NeMo Agent Toolkit's nat serve")
     parser.add_argument("--profile", choices=("runtime", "metrics", "traced", "bare"),
                         help="instead of benchmarking, profile one contender under unary load with py-spy")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT,
-                        help="report to write (a PNG chart is written beside it)")
+    parser.add_argument("--out", type=Path,
+                        help="report to write (a PNG chart is written beside it); default "
+                             "docs/benchmarks.md for a full run, a temporary folder for --smoke or --sections")
     return parser
 
 
@@ -58,6 +60,17 @@ def settings_from(args: argparse.Namespace) -> Settings:
     if args.no_nat:
         changes["nat"] = False
     return dataclasses.replace(settings, **changes)
+
+
+def report_path(args: argparse.Namespace) -> Path:
+    """Where the report goes: `--out`, else docs/benchmarks.md for a full run only. A smoke
+    run's figures mean nothing and a partial run's leave sections out, so either writes
+    to a temporary folder instead of replacing the tracked report."""
+    if args.out is not None:
+        return args.out
+    if args.smoke or args.sections:
+        return Path(tempfile.mkdtemp(prefix="agent-runtime-bench-")) / DEFAULT_OUT.name
+    return DEFAULT_OUT
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -100,7 +113,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         bench.close()
     print(terminal(sections))
-    out: Path = args.out
+    out = report_path(args)
     out.parent.mkdir(parents=True, exist_ok=True)
     picture = out.with_suffix(".png")
     chart(sections, picture)
@@ -109,7 +122,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                             chart=picture.name))
     targets = [t for s in sections for t in s.targets]
     failed, noisy = sum(not t.passed for t in targets), sum(t.noisy for t in targets)
-    log(f"wrote {out} and {picture}; {failed} of {len(targets)} targets failed"
+    kept = "" if out == DEFAULT_OUT or args.out else f" ({DEFAULT_OUT.relative_to(ROOT)} is written by full runs only)"
+    log(f"wrote {out} and {picture}{kept}; {failed} of {len(targets)} targets failed"
         + (f", {noisy} with a 95 % confidence interval that reaches past the limit" if noisy else "")
         + (f"; {failures} sections did not complete" if failures else ""))
     return 1 if failures else 0

@@ -17,10 +17,21 @@ NAMESPACE = "agents"
 FULLNAME = f"{RELEASE}-agent-runtime"
 
 
+IMAGE = {"repository": "registry.example.com/agent-runtime"}
+
+
+def with_image(values: dict[str, Any] | None = None) -> dict[str, Any]:
+    """`values` with an image repository (the chart has no default image: it must be built
+    and pushed), unless they name one themselves."""
+    values = dict(values or {})
+    values["image"] = {**IMAGE, **values.get("image", {})}
+    return values
+
+
 def render(values: dict[str, Any] | None = None) -> dict[str, str]:
-    """Template path -> rendered text (NOTES.txt included)."""
+    """Template path -> rendered text (NOTES.txt included), for `values` with an image."""
     with helm_python.Chart.load(CHART) as chart:
-        return chart.render(values or {}, name=RELEASE, namespace=NAMESPACE)
+        return chart.render(with_image(values), name=RELEASE, namespace=NAMESPACE)
 
 
 def objects(values: dict[str, Any] | None = None) -> list[dict[str, Any]]:

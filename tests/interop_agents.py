@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sys
 from typing import Any
 
-from agent_runtime import EventType, current_run
+from agent_runtime import EventType, ProviderUnavailable, current_run
 
 
 async def whoami(input: Any) -> Any:
@@ -20,6 +21,13 @@ async def whoami(input: Any) -> Any:
 
 async def broken(input: Any) -> Any:
     raise RuntimeError("secret internal detail")
+
+
+async def flaky_provider(input: Any) -> Any:
+    """Does something a caller can count (a line on stderr: `ran <input>`), then fails as
+    a model-backed agent whose provider is down does: a retried call would do it again."""
+    print(f"ran {input}", file=sys.stderr, flush=True)
+    raise ProviderUnavailable("model provider 'test' is unavailable (HTTP 503)")
 
 
 async def chatty(input: Any) -> Any:

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from agent_runtime import Agent, ConfigError, InMemoryHistory, MCPServer, ProviderUnavailable
+from agent_runtime import Agent, ConfigError, InMemoryHistory, MCPServer, ServerMisconfigured
 from agent_runtime.builder import AgentBuilder, read_config_file
 from agent_runtime.llm import ChatModel, split_model
 
@@ -32,7 +32,7 @@ def test_endpoint_precedence(monkeypatch):
     for var in ("OPENAI_BASE_URL", "OPENAI_API_KEY", "MY_KEY"):
         monkeypatch.delenv(var, raising=False)
     model = ChatModel("openai/gpt-x")
-    with pytest.raises(ProviderUnavailable, match="set OPENAI_API_KEY"):
+    with pytest.raises(ServerMisconfigured, match="must set OPENAI_API_KEY"):
         model.endpoint()
     monkeypatch.setenv("OPENAI_API_KEY", "env-key")
     assert (model.endpoint().base_url, model.endpoint().api_key) == ("https://api.openai.com/v1", "env-key")
@@ -47,7 +47,7 @@ def test_endpoint_precedence(monkeypatch):
 
 def test_other_providers(monkeypatch):
     monkeypatch.delenv("NVIDIA_API_KEY", raising=False)
-    with pytest.raises(ProviderUnavailable, match="set NVIDIA_API_KEY"):
+    with pytest.raises(ServerMisconfigured, match="must set NVIDIA_API_KEY"):
         ChatModel("nvidia/meta/llama").endpoint()
     monkeypatch.setenv("NVIDIA_API_KEY", "nv")
     assert ChatModel("nvidia/meta/llama").endpoint().base_url == "https://integrate.api.nvidia.com/v1"

@@ -1,10 +1,14 @@
 """The benchmark report's verdicts: a median whose confidence interval reaches past the
-limit is said to be noisy, whichever side of the limit it fell on."""
+limit is said to be noisy, whichever side of the limit it fell on. And where it is
+written: only a full run replaces the tracked docs/benchmarks.md."""
 
 from __future__ import annotations
 
 import math
 
+import pytest
+
+from bench.cli import DEFAULT_OUT, build_parser, report_path
 from bench.report import Target, ratio_target
 from bench.stats import median_interval
 
@@ -42,3 +46,16 @@ def test_the_chart_of_a_run_without_unary_figures(tmp_path):
     stream = Section("Streaming", rows=[Row("stream c=16", "(a) grpc.aio", "chunks/s", [40000.0, 41000.0])])
     chart([stream], tmp_path / "chart.png")  # warnings are errors: no legend without labelled bars
     assert (tmp_path / "chart.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("argv", [["--smoke"], ["--sections", "unary"], ["--smoke", "--sections", "memory"]])
+def test_smoke_and_partial_runs_leave_the_tracked_report_alone(argv):
+    out = report_path(build_parser().parse_args(argv))
+    assert out.name == "benchmarks.md" and out.parent != DEFAULT_OUT.parent and out.parent.is_dir()
+    out.parent.rmdir()
+
+
+def test_a_full_run_writes_the_docs_and_out_wins(tmp_path):
+    assert report_path(build_parser().parse_args([])) == DEFAULT_OUT
+    assert report_path(build_parser().parse_args(["--rounds", "3"])) == DEFAULT_OUT
+    assert report_path(build_parser().parse_args(["--smoke", "--out", str(tmp_path / "r.md")])) == tmp_path / "r.md"

@@ -11,10 +11,11 @@ from pathlib import Path
 import helm_python
 import kubernetes_validate
 import pytest
+import yaml
 
 from agent_runtime.cli import build_parser, load_server_config
 from chart_render import (CHART, FULLNAME, NAMESPACE, RELEASE, config_file, config_mount_path, container,
-                          kinds, objects, one, pod_spec, render)
+                          kinds, objects, one, pod_spec, render, with_image)
 
 # The oldest Kubernetes the chart supports (Chart.yaml kubeVersion) and the newest schemas known.
 KUBE_VERSIONS = ("1.27", kubernetes_validate.latest_version())
@@ -52,7 +53,7 @@ def rendered(request):
 
 def test_lint_passes_strictly_for_every_value_set():
     for name, values in VALUE_SETS.items():
-        report = helm_python.lint(CHART, values, strict=True, namespace=NAMESPACE)
+        report = helm_python.lint(CHART, with_image(values), strict=True, namespace=NAMESPACE)
         problems = [m for m in report["messages"] if m["severity"] >= 2] + report["errors"]
         assert not problems, f"{name}: {problems}"
 
@@ -303,3 +304,31 @@ def test_values_file_documents_every_top_level_key():
         while index > 0 and re.match(r"^\w+: \S", lines[index - 1]):
             index -= 1
         assert index > 0 and lines[index - 1].startswith("#"), f"{key} has no comment in values.yaml"
+
+
+def test_without_an_image_the_install_fails_with_how_to_build_and_push_one():
+    """There is no public image: the default values name none, and rendering them fails
+    with the steps, instead of a pod in ImagePullBackOff with no hint."""
+    defaults = yaml.safe_load((CHART / "values.yaml").read_text())
+    assert defaults["image"]["repository"] == ""
+    with pytest.raises(helm_python.HelmRenderError) as caught:
+        render({"image": {"repository": ""}})
+    message = str(caught.value)
+    assert "image.repository is not set" in message
+    assert "docker build -t REGISTRY/agent-runtime:0.1.0 . && docker push REGISTRY/agent-runtime:0.1.0" in message
+    assert "--set image.repository=REGISTRY/agent-runtime" in message
+    assert container(objects())["image"] == "registry.example.com/agent-runtime:0.1.0"
+
+
+def test_notes_say_only_echo_is_served_until_agents_are_set():
+    notes = render()["agent-runtime/templates/NOTES.txt"]
+    assert "It serves only the embedded echo agent until you set `agents`" in notes
+    configured = render(VALUE_SETS["configured"])["agent-runtime/templates/NOTES.txt"]
+    assert "echo agent" not in configured
+
+
+def test_readiness_rides_out_one_slow_answer():
+    """One health check past its timeout must not take a serving pod out of its Service."""
+    probe = container(objects())["readinessProbe"]
+    assert probe["failureThreshold"] >= 3
+    assert probe["periodSeconds"] * (probe["failureThreshold"] - 1) >= 10

@@ -18,7 +18,7 @@ from conftest import ROOT
 def server(server_process):
     env = {"PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), os.environ["PYTHONPATH"]])}
     return server_process("--agent", "agent_runtime.echo:echo_agent", "--agent", "interop_agents:broken",
-                          "--agent", "interop_agents:whoami", env=env)
+                          "--agent", "interop_agents:whoami", "--agent", "interop_agents:flaky_provider", env=env)
 
 
 def cli(*args: str, env: dict[str, str] | None = None, stdin: bytes | None = None) -> subprocess.CompletedProcess:
@@ -83,6 +83,14 @@ def test_failed_run_exits_1_with_status_and_message(server):
     assert streamed.returncode == 1 and b"INTERNAL" in streamed.stderr
 
 
+@pytest.mark.parametrize("stream", [[], ["--stream"]])
+def test_several_agents_and_no_agent_named_says_to_use_the_flag(server, stream):
+    done = cli("invoke", "--target", server.address, *stream, "x")
+    assert done.returncode == 1
+    assert done.stderr == (b"agent-runtime: INVALID_ARGUMENT: this server serves several agents (echo, broken, "
+                           b"whoami, flaky_provider); name one with --agent\n")
+
+
 def test_unknown_agent_exits_1(server):
     done = cli("invoke", "--target", server.address, "--agent", "nope", "x")
     assert done.returncode == 1
@@ -112,7 +120,8 @@ def test_unreachable_server_exits_3():
 def test_agents_lists_the_served_agents(server):
     done = cli("agents", "--target", server.address)
     assert done.returncode == 0
-    assert [line.split(b"\t")[0] for line in done.stdout.splitlines()] == [b"echo", b"broken", b"whoami"]
+    assert [line.split(b"\t")[0] for line in done.stdout.splitlines()] == [b"echo", b"broken", b"whoami",
+                                                                             b"flaky_provider"]
     as_json = json.loads(cli("agents", "--target", server.address, "--json").stdout)
     assert as_json[0]["tools"][0]["name"] == "reverse"
 
@@ -152,3 +161,21 @@ def test_ctrl_c_cancels_the_run_and_exits_130(server_process):
     # the run was cancelled and its only slot freed: the next run is admitted
     done = cli("invoke", "--target", server.address, "--timeout", "30", "0")
     assert (done.returncode, done.stdout) == (0, b"slept 0s\n"), done.stderr
+
+
+def test_invoke_runs_the_agent_once_when_it_fails_after_starting(server):
+    """5 attempts by default: a run that fails with a retryable status (its model provider
+    is down) still ran, and its side effects (a line on the server's stderr) happen once."""
+    done = cli("invoke", "--target", server.address, "--agent", "flaky_provider", "once")
+    assert done.returncode == 3
+    assert done.stderr.startswith(b"agent-runtime: UNAVAILABLE: model provider 'test' is unavailable")
+    again = cli("invoke", "--target", server.address, "--agent", "flaky_provider", "--max-attempts", "1", "twice")
+    assert again.returncode == 3
+    log = server.proc.stderr.read()  # the agent printed before it failed, so before the status
+    assert (log.count("ran once"), log.count("ran twice")) == (1, 1)
+
+
+def test_max_attempts_out_of_range_is_a_usage_error(server):
+    done = cli("invoke", "--target", server.address, "--max-attempts", "6", "hi")
+    assert done.returncode == 2
+    assert b"--max-attempts: invalid choice: 6" in done.stderr

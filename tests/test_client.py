@@ -110,6 +110,23 @@ async def test_a_call_refused_over_capacity_is_retried_until_a_slot_is_free(serv
     assert server.manager.admission.rejected["slow"] >= 1
 
 
+async def test_a_run_that_started_is_never_retried(serve, capfd):
+    """A provider outage after the agent ran is UNAVAILABLE, which the retry policy
+    retries; the server's negative pushback stops that: the agent runs once a call."""
+    server = await serve(interop_agents.flaky_provider)
+    async with AgentRuntimeClient(server.address, max_attempts=5, initial_backoff=0.01, max_backoff=0.02) as client:
+        with pytest.raises(CallError) as info:
+            await client.invoke("unary")
+        with pytest.raises(CallError):
+            async for _ in client.stream("streamed"):
+                pass
+    assert info.value.code is grpc.StatusCode.UNAVAILABLE and len(info.value.run_id) == 32
+    assert info.value.retry_after is None
+    ran = capfd.readouterr().err
+    assert (ran.count("ran unary"), ran.count("ran streamed")) == (1, 1)
+    assert server.manager.admission.in_use == 0
+
+
 async def test_sync_client_does_what_the_async_one_does(serve):
     server = await serve()
 

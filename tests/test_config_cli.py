@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from agent_runtime import ConfigError, ServerConfig
 from agent_runtime.builder import AgentBuilder, load_object
 from agent_runtime.cli import build_parser, load_server_config
-from conftest import ROOT
+from conftest import LISTENING, ROOT
 
 
 def config_from(argv: list[str], environ: dict[str, str] | None = None):
@@ -83,7 +84,7 @@ def test_toml_config_file(tmp_path):
 
 
 @pytest.mark.parametrize("text, message", [
-    ("agents: [", "is not valid yaml"),
+    ("agents: [", "is not valid YAML (config files are read as YAML, or as TOML when named *.toml)"),
     ("- a\n- b\n", "must hold a mapping"),
     ("servers: {}\n", "unknown sections ['servers']"),
     ("server:\n  nope: 1\nagents: [agents_for_tests:upper]\n", "unknown setting 'nope'"),
@@ -100,6 +101,20 @@ def test_bad_config_files(tmp_path, text, message):
     assert message in str(err.value)
 
 
+@pytest.mark.parametrize("name, text, message", [
+    ("agents.conf", "[server]\nmax_queue = 7\n", "'{path}' is not valid YAML (config files are read as YAML, "
+                                                  "or as TOML when named *.toml)"),
+    ("agents.toml", "agents: [x]\n", "'{path}' is not valid TOML (config files are read as YAML, or as TOML "
+                                     "when named *.toml)"),
+])
+def test_a_config_file_that_does_not_parse_says_which_formats_are_read(tmp_path, name, text, message):
+    path = tmp_path / name
+    path.write_text(text)
+    with pytest.raises(ConfigError) as err:
+        config_from(["--config", str(path)])
+    assert message.format(path=path) in str(err.value)
+
+
 def test_builder_needs_agents():
     with pytest.raises(ConfigError, match="non-empty `agents` list"):
         AgentBuilder().build({"agents": []})
@@ -108,14 +123,50 @@ def test_builder_needs_agents():
 
 def run_cli(*argv: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "agent_runtime", *argv], capture_output=True,
-                          text=True, timeout=60)
+                          text=True, timeout=60, cwd=ROOT)
+
+
+SCRIPT = str(Path(sys.executable).parent / "agent-runtime")  # the console script, not `python -m`
+HELLO = "async def hello(input):\n    return f'hello {input}'\n"
+
+
+@pytest.mark.parametrize("app_dir", [None, "agents"])
+def test_the_script_imports_agents_from_the_app_dir(tmp_path, app_dir):
+    """`agent-runtime serve --agent myagents:hello` in the folder of myagents.py (or
+    naming it with --app-dir) serves it, as `python -m agent_runtime` always did."""
+    folder = tmp_path / (app_dir or "")
+    folder.mkdir(exist_ok=True)
+    (folder / "myagents.py").write_text(HELLO)
+    extra = ["--app-dir", app_dir] if app_dir else []
+    proc = subprocess.Popen([SCRIPT, "serve", "--port", "0", "--metrics-port", "0", "--agent", "myagents:hello",
+                             *extra], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+        assert LISTENING.search(line), (line, proc.stderr.read() if proc.poll() is not None else "")
+    finally:
+        proc.kill()
+        proc.wait(10)
+        proc.stdout.close()
+        proc.stderr.close()
+
+
+def test_a_module_not_found_says_where_it_was_looked_for(tmp_path):
+    missing = subprocess.run([SCRIPT, "serve", "--agent", "myagents:hello"], cwd=tmp_path, capture_output=True,
+                             text=True, timeout=60)
+    assert missing.returncode == 2
+    assert missing.stderr.strip().endswith(f"No module named 'myagents' (looked in {tmp_path} (--app-dir) "
+                                           "and the installed packages)")
+    nowhere = run_cli("serve", "--app-dir", str(tmp_path / "nope"))
+    assert nowhere.returncode == 2
+    assert nowhere.stderr.strip() == f"agent-runtime: error: app_dir {str(tmp_path / 'nope')!r} is not a folder"
 
 
 def test_cli_exit_codes_and_messages():
     bad = run_cli("serve", "--agent", "nope:x")
     assert bad.returncode == 2
     assert bad.stderr.strip() == ("agent-runtime: error: cannot import module 'nope' (from 'nope:x'): "
-                                  "No module named 'nope'")
+                                  f"No module named 'nope' (looked in {ROOT} (--app-dir) and the "
+                                  "installed packages)")
     usage = run_cli("serve", "--bogus")
     assert usage.returncode == 2 and "unrecognized arguments: --bogus" in usage.stderr
     assert run_cli().returncode == 2
@@ -125,4 +176,7 @@ def test_cli_port_in_use(server_process):
     first = server_process()
     port = first.address.rsplit(":", 1)[1]
     second = run_cli("serve", "--host", "127.0.0.1", "--port", port)
-    assert second.returncode == 1 and f"cannot listen on 127.0.0.1:{port}" in second.stderr
+    assert second.returncode == 1
+    assert second.stderr == (f"agent-runtime: error: cannot listen on 127.0.0.1:{port}: port {port} is taken by "
+                             "another process; stop it, or pick another port (--port or AGENT_RUNTIME_PORT; 0 "
+                             "picks a free one)\n")  # one line: not gRPC core's raw add_port.cc line first

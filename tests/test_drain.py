@@ -61,6 +61,7 @@ async def test_sigterm_drains_every_accepted_run_then_exits_0(server_process, ch
         raise AssertionError("a new run was admitted while draining")
     except grpc.aio.AioRpcError as exc:
         assert exc.code() is grpc.StatusCode.UNAVAILABLE and "draining" in exc.details()
+        assert "grpc-retry-pushback-ms" not in dict(exc.trailing_metadata())  # ran nothing: retryable
     replies = await asyncio.gather(*unary)
     assert [r.output.text for r in replies] == ["slept 1.5s"] * 6
     for events in await asyncio.gather(*streams):
@@ -92,14 +93,17 @@ async def test_runs_past_the_drain_timeout_are_cancelled_with_end_events(server_
             events.append(event)
         raise AssertionError("the stream ended without an error status")
     except grpc.aio.AioRpcError as exc:
-        assert exc.code() is grpc.StatusCode.UNAVAILABLE  # retryable on another replica
-        assert dict(exc.trailing_metadata())["agent-runtime-run-id"] == events[-1].run_id
+        assert exc.code() is grpc.StatusCode.UNAVAILABLE  # the caller may run it again elsewhere
+        trailers = dict(exc.trailing_metadata())
+        assert trailers["agent-runtime-run-id"] == events[-1].run_id
+        assert trailers["grpc-retry-pushback-ms"] == "-1"  # but no gRPC client does so on its own
     assert events[-1].ended.status == pb.RUN_STATUS_CANCELLED
     try:
         await unary
         raise AssertionError("the unary run outlived the drain")
     except grpc.aio.AioRpcError as exc:
         assert exc.code() is grpc.StatusCode.UNAVAILABLE and "shut down" in exc.details()
+        assert dict(exc.trailing_metadata())["grpc-retry-pushback-ms"] == "-1"  # it had started
     assert await asyncio.to_thread(proc.wait, 30) == 0
     assert "2 runs were cancelled" in proc.proc.stderr.read()
 

@@ -189,14 +189,16 @@ async def test_unreachable_provider(fake_llm):
         await run_once(agent)
 
 
-async def test_missing_api_key_names_the_variable(serve, channel_to, monkeypatch):
+async def test_missing_api_key_is_the_servers_fault_and_not_retryable(serve, channel_to, monkeypatch):
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
     server = await serve(Agent(name="a", model="openai/gpt-4o-mini"))
     with pytest.raises(grpc.aio.AioRpcError) as failure:
         await stub(channel_to(server.address)).Invoke(runtime_pb2.InvokeRequest(input=runtime_pb2.Payload(text="x")))
-    assert failure.value.code() == grpc.StatusCode.UNAVAILABLE
-    assert failure.value.details() == "no API key for model provider 'openai': set OPENAI_API_KEY"
+    assert failure.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert failure.value.details() == ("the server has no API key for model provider 'openai': its operator "
+                                       "must set OPENAI_API_KEY in the server's environment")
+    assert dict(failure.value.trailing_metadata())["grpc-retry-pushback-ms"] == "-1"
 
 
 async def test_max_turns_is_a_clear_error(fake_llm, serve, channel_to):

@@ -184,19 +184,24 @@ def test_otel_environment_switches_tracing(environ, on):
 @pytest.mark.parametrize("environ, message", [
     ({"OTEL_TRACES_EXPORTER": "zipkin"}, "unknown exporter 'zipkin'"),
     ({"OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_PROTOCOL": "http/json"}, "'http/json' is not supported"),
+    ({"OTEL_TRACES_EXPORTER": "console", "OTEL_TRACES_SAMPLER": "jaeger_remote"}, "unknown sampler"),
+    ({"OTEL_TRACES_EXPORTER": "console", "OTEL_TRACES_SAMPLER_ARG": "half"}, "from 0 to 1"),
 ])
 def test_unsupported_otel_settings_are_refused(environ, message):
     with pytest.raises(ValueError, match=message):
         tracing.provider_from_env(environ)
 
 
-def test_unsupported_otel_settings_stop_the_cli_with_a_clear_error():
+@pytest.mark.parametrize("environ, message", [
+    ({"OTEL_TRACES_EXPORTER": "jaeger"}, "unknown exporter 'jaeger'"),
+    ({"OTEL_TRACES_EXPORTER": "console", "OTEL_TRACES_SAMPLER": "sometimes"}, "unknown sampler 'sometimes'"),
+])
+def test_unsupported_otel_settings_stop_the_cli_with_a_clear_error(environ, message):
     result = subprocess.run(
         [sys.executable, "-m", "agent_runtime", "serve", "--port", "0", "--metrics-port", "0"],
-        env={**os.environ, "OTEL_TRACES_EXPORTER": "jaeger"}, cwd=ROOT,
-        capture_output=True, text=True, timeout=60)
+        env={**os.environ, **environ}, cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
-    assert "unknown exporter 'jaeger'" in result.stderr
+    assert message in result.stderr
 
 
 class _Collector(trace_service_pb2_grpc.TraceServiceServicer):

@@ -7,7 +7,7 @@ from .config import ConfigError, ServerConfig
 from .context import RunContext, current_run, emit_chunk, emit_event
 from .errors import (AgentError, AgentNotFound, AgentRuntimeError, Draining, InvalidInput,
                      MaxTurnsExceeded, Overloaded, ProviderRejected, ProviderUnavailable, RunCancelled,
-                     RunTimeout, Unauthenticated)
+                     RunTimeout, ServerMisconfigured, Unauthenticated)
 from .events import EventSink, EventType, RunEvent, RunStatus
 from .history import HistoryStore, InMemoryHistory
 from .hooks import AgentHooks
@@ -23,6 +23,6 @@ __all__ = [
     "Blob", "ConfigError", "Draining", "EventSink", "EventType", "HistoryStore", "InMemoryHistory",
     "InvalidInput", "MCPServer", "MaxTurnsExceeded", "Overloaded",
     "ProviderRejected", "ProviderUnavailable", "RunCancelled", "RunContext", "RunEvent", "RunStatus",
-    "RunTimeout", "Runner", "RuntimeServer", "ServerConfig", "Session", "SessionManager", "Tool",
-    "Unauthenticated", "as_agent", "current_run", "emit_chunk", "emit_event", "serve_main", "tool",
+    "RunTimeout", "Runner", "RuntimeServer", "ServerConfig", "ServerMisconfigured", "Session", "SessionManager",
+    "Tool", "Unauthenticated", "as_agent", "current_run", "emit_chunk", "emit_event", "serve_main", "tool",
 ]

@@ -37,15 +37,17 @@ AGENT_KEYS = {"name", "model", "instructions", "tools", "description", "model_se
 _REF_KEYS = ("output_type", "hooks")
 
 
-def load_object(ref: str) -> Any:
-    """Import `module:attr` (attr may be dotted); ConfigError says what is wrong."""
+def load_object(ref: str, *, looked_in: str = "") -> Any:
+    """Import `module:attr` (attr may be dotted); ConfigError says what is wrong, and
+    where the module was looked for when `looked_in` says so."""
     module_name, sep, attr = ref.partition(":")
     if not sep or not module_name or not attr:
         raise ConfigError(f"{ref!r} is not a module:attribute reference (e.g. mypkg.agents:support)")
     try:
         obj = importlib.import_module(module_name)
     except ImportError as exc:
-        raise ConfigError(f"cannot import module {module_name!r} (from {ref!r}): {exc}") from None
+        where = f" (looked in {looked_in})" if looked_in and isinstance(exc, ModuleNotFoundError) else ""
+        raise ConfigError(f"cannot import module {module_name!r} (from {ref!r}): {exc}{where}") from None
     for part in attr.split("."):
         try:
             obj = getattr(obj, part)
@@ -60,8 +62,9 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
         text = path.read_text()
     except OSError as exc:
         raise ConfigError(f"cannot read config file {str(path)!r}: {exc.strerror}") from None
+    as_toml = path.suffix == ".toml"
     try:
-        if path.suffix == ".toml":
+        if as_toml:
             import tomllib
 
             data = tomllib.loads(text)
@@ -70,8 +73,8 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
 
             data = yaml.safe_load(text) or {}
     except Exception as exc:
-        raise ConfigError(f"config file {str(path)!r} is not valid {path.suffix.lstrip('.') or 'YAML'}: "
-                          f"{exc}") from None
+        raise ConfigError(f"config file {str(path)!r} is not valid {'TOML' if as_toml else 'YAML'} (config "
+                          f"files are read as YAML, or as TOML when named *.toml): {exc}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config file {str(path)!r} must hold a mapping with `agents` and `server`")
     unknown = set(data) - {"agents", "server"}

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import logging
 import os
 import sys
 from typing import Any, Sequence
@@ -69,8 +68,9 @@ def load_server_config(args: argparse.Namespace, environ: Any = None) -> tuple[S
 
     # a go-plugin host takes the first stdout line for the handshake: what agent modules
     # print when imported goes to stderr
+    looked_in = f"{_import_from(cfg.app_dir)} (--app-dir) and the installed packages"
     with contextlib.redirect_stdout(sys.stderr) if cfg.plugin_handshake else contextlib.nullcontext():
-        agents = [load_object(ref) for ref in cfg.agents]
+        agents = [load_object(ref, looked_in=looked_in) for ref in cfg.agents]
         if file_data.get("agents"):
             agents += AgentBuilder().build(file_data)
     if not agents:
@@ -78,6 +78,17 @@ def load_server_config(args: argparse.Namespace, environ: Any = None) -> tuple[S
 
         agents = [echo_agent]
     return cfg, agents
+
+
+def _import_from(app_dir: str) -> str:
+    """Put `app_dir` first on the module search path, as uvicorn's --app-dir does: the
+    `agent-runtime` script, unlike `python -m`, does not search the current folder."""
+    folder = os.path.abspath(app_dir)
+    if not os.path.isdir(folder):
+        raise ConfigError(f"app_dir {app_dir!r} is not a folder")
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
+    return folder
 
 
 def _new_loop() -> asyncio.AbstractEventLoop:
@@ -92,11 +103,9 @@ def run_serve(args: argparse.Namespace) -> int:
     from .grpc.server import RuntimeServer, serve_main
 
     cfg, agents = load_server_config(args)
-    from .runlog import formatter
+    from .runlog import configure
 
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(formatter(cfg.log_format))
-    logging.basicConfig(level=cfg.log_level.upper(), handlers=[handler])
+    configure(cfg.log_level, cfg.log_format)
     try:
         server = RuntimeServer(agents, cfg)
     except (TypeError, ValueError) as exc:

@@ -10,7 +10,10 @@ Channel defaults are made for service-to-service calls inside a cluster:
 round_robin over every address the name resolves to (point it at a headless
 Service), retries of UNAVAILABLE and RESOURCE_EXHAUSTED with exponential
 backoff that honour the server's `grpc-retry-pushback-ms` hint, and keepalive
-pings every minute to find dead connections. TLS (server CA, client
+pings every minute to find dead connections. Only calls the server refused
+before running anything are retried: once a run has started, every status
+carries a negative pushback, which gRPC's retry policy honours as "never"
+(so an agent's side effects are not repeated). TLS (server CA, client
 certificate for mTLS) and a bearer token match the server's settings.
 """
 
@@ -48,7 +51,8 @@ class ClientConfig:
     `target` is any gRPC target: `host:port`, `dns:///name:port` (a headless
     Service resolves to every pod), `ipv4:10.0.0.1:50051,10.0.0.2:50051`.
     `max_attempts` counts the first attempt (1 disables retries; gRPC caps it
-    at 5). `keepalive_time` (0 disables pings) must not be below the server's
+    at 5); only refusals (over capacity, draining) are retried, never a run.
+    `keepalive_time` (0 disables pings) must not be below the server's
     `keepalive_permit_interval` (10 s by default; a plain gRPC server's is 300 s),
     or the server closes the connection (too_many_pings).
     """
@@ -132,8 +136,8 @@ class CallError(Exception):
     """A call that ended with a gRPC status other than OK.
 
     `code` is the grpc.StatusCode, `message` the server's safe message, `run_id`
-    the failed run's id (when a run had started) and `retry_after` the server's
-    hint in seconds (RESOURCE_EXHAUSTED).
+    the failed run's id (when a run had started: it was not retried) and
+    `retry_after` the server's hint in seconds (RESOURCE_EXHAUSTED).
     """
 
     def __init__(self, code: grpc.StatusCode, message: str, *, run_id: str = "",

@@ -69,6 +69,11 @@ def add_commands(commands: Any) -> None:
     health.add_argument("--service", default="", help="service to check (default: the whole server)")
     for parser, timeout in ((invoke, None), (agents, 10.0), (health, 5.0)):
         _add_connection_flags(parser)
+        parser.add_argument("--max-attempts", type=int, choices=range(1, 6), default=ClientConfig.max_attempts,
+                            metavar="N",
+                            help="attempts of a call the server refused before running anything (over "
+                                 "capacity, draining), 1-5; a run that started is never retried "
+                                 f"(default {ClientConfig.max_attempts})")
         parser.add_argument("--timeout", type=float, default=timeout, metavar="S",
                             help="deadline of the call in seconds" + (f" (default {timeout:g})" if timeout else ""))
 
@@ -83,6 +88,7 @@ def _add_connection_flags(parser: argparse.ArgumentParser) -> None:
 def client_config(args: argparse.Namespace) -> ClientConfig:
     settings = {dest: getattr(args, dest) for _, dest, _, _ in CONNECTION_FLAGS if getattr(args, dest)}
     settings["tls"] = bool(args.tls)
+    settings["max_attempts"] = args.max_attempts
     try:
         return ClientConfig(**settings)
     except ValueError as exc:
@@ -151,6 +157,21 @@ def _print_output(output: Any) -> None:
 
 
 def _invoke(client: SyncAgentRuntimeClient, args: argparse.Namespace) -> int:
+    """Run the agent; a server of several agents asked without --agent says to use it
+    (its own message names the request's `agent` field, which a shell user never sees)."""
+    try:
+        return _run_agent(client, args)
+    except CallError as exc:
+        if exc.code is not grpc.StatusCode.INVALID_ARGUMENT or args.agent:
+            raise
+        names = [agent.name for agent in client.list_agents(timeout=10)]
+        if len(names) < 2:
+            raise
+        raise CallError(exc.code, f"this server serves several agents ({', '.join(names)}); "
+                                  "name one with --agent") from None
+
+
+def _run_agent(client: SyncAgentRuntimeClient, args: argparse.Namespace) -> int:
     input = read_input(args.input, args.json)
     options = dict(agent=args.agent, session_id=args.session, user_id=args.user,
                    metadata=_metadata(args.metadata), timeout=args.timeout)

@@ -37,6 +37,8 @@ class ServerConfig:
     agents: tuple[str, ...] = _opt((), "agent to serve as module:attribute (repeatable); "
                                    "the embedded echo agent when none is given", flag="--agent")
     config_file: str = _opt("", "YAML or TOML file with agents and server settings", flag="--config")
+    app_dir: str = _opt(".", "folder whose modules agents are imported from first (as uvicorn's "
+                        "--app-dir): `--agent myagents:hello` finds ./myagents.py")
     max_concurrency: int = _opt(8, "runs executing at once; 0 = unlimited", minimum=0)
     max_queue: int = _opt(100, "runs waiting for a slot before RESOURCE_EXHAUSTED", minimum=0)
     queue_timeout: float = _opt(30.0, "seconds a run may wait for a slot", minimum=0.001)

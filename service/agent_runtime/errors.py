@@ -65,6 +65,11 @@ class ProviderUnavailable(AgentRuntimeError):
     """The model provider is down, overloaded or unreachable."""
 
 
+class ServerMisconfigured(AgentRuntimeError):
+    """The server lacks a setting a run needs (a model provider's API key): only its
+    operator can fix that, so the caller is told so and not invited to retry."""
+
+
 class ProviderRejected(AgentRuntimeError):
     """The model provider rejected the request as invalid."""
 

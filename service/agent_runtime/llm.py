@@ -26,7 +26,7 @@ import weakref
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Mapping, Sequence
 
-from .errors import AgentRuntimeError, ProviderRejected, ProviderUnavailable
+from .errors import AgentRuntimeError, ProviderRejected, ProviderUnavailable, ServerMisconfigured
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,7 +142,8 @@ class ChatModel:
         key = self.api_key or os.environ.get(key_env) or ""
         provider = PROVIDERS.get(self.provider)
         if configured is None and provider is not None and provider.needs_key and not key:
-            raise ProviderUnavailable(f"no API key for model provider {self.provider!r}: set {key_env}")
+            raise ServerMisconfigured(f"the server has no API key for model provider {self.provider!r}: "
+                                      f"its operator must set {key_env} in the server's environment")
         return Endpoint(configured or provider.base_url, key or _NO_KEY)
 
     def _client(self, endpoint: Endpoint) -> Any:

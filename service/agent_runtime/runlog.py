@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 from datetime import datetime, timezone
 
 from .events import EventType, RunEvent, RunStatus
@@ -81,3 +82,15 @@ class TextFormatter(logging.Formatter):
 
 def formatter(log_format: str) -> logging.Formatter:
     return JsonFormatter() if log_format == "json" else TextFormatter()
+
+
+def configure(level: str, log_format: str) -> bool:
+    """Log to stderr at `level`, as text or json lines, unless the application has
+    configured logging already (the root logger has handlers); returns whether it did.
+    Without it Python's last resort prints warnings only, and bare: `run ended`."""
+    if logging.getLogger().hasHandlers():
+        return False
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(formatter(log_format))
+    logging.basicConfig(level=level.upper(), handlers=[handler])
+    return True

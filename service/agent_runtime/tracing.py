@@ -290,6 +290,9 @@ def provider_from_env(environ: Mapping[str, str] | None = None) -> Any:
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
+    from .otlp_tracer import sampler_from_env
+
+    sampler_from_env(environ)  # refused as with OTLP: the SDK would log an unknown one and sample all
     exporters = [_exporter(name, environ) for name in names]
     provider = TracerProvider(resource=resource)
     for exporter in exporters:

@@ -46,8 +46,14 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end }}
 {{- end }}
 
+{{/* The image; without image.repository (there is no public image) the install fails
+with how to build, push and name one, rather than a pod in ImagePullBackOff. */}}
 {{- define "agent-runtime.image" -}}
-{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- $tag := default .Chart.AppVersion .Values.image.tag }}
+{{- if not .Values.image.repository }}
+{{- fail (printf "image.repository is not set, and there is no public agent-runtime image: build it from the repository's Dockerfile and push it where the cluster pulls from (docker build -t REGISTRY/agent-runtime:%s . && docker push REGISTRY/agent-runtime:%s), then install with --set image.repository=REGISTRY/agent-runtime (on kind: kind load docker-image agent-runtime:%s, and image.repository=agent-runtime)" $tag $tag $tag) }}
+{{- end }}
+{{- printf "%s:%s" .Values.image.repository $tag }}
 {{- end }}
 
 {{/* The config file the ConfigMap holds: server settings and agents. Settings the chart

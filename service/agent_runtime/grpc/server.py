@@ -23,10 +23,12 @@ the host calls `plugin.GRPCController/Shutdown`.
 from __future__ import annotations
 
 import asyncio
+import errno
 import gc
 import logging
 import os
 import signal
+import socket
 import sys
 from typing import Any, Callable, Iterable
 
@@ -41,7 +43,7 @@ from ..errors import AgentRuntimeError
 from ..events import EventSink
 from ..history import InMemoryHistory
 from ..metrics import GrpcMetrics, MetricsEndpoint, MetricsSink
-from ..runlog import RunLogSink
+from ..runlog import RunLogSink, configure as configure_logging
 from ..session import SessionManager
 from . import auth, redpanda, tls
 from .instrument import ObservedRegistrar, RpcObserver
@@ -106,7 +108,8 @@ class RuntimeServer:
             tracer = self.tracer_provider.get_tracer(tracing.INSTRUMENTATION)
             manager.add_sink(tracing.TracingSink(tracer))
             self.observers.append(tracing.RpcTracer(tracer))
-        manager.add_sink(RunLogSink())
+        self.run_log = RunLogSink()
+        manager.add_sink(self.run_log)
         self.metrics: MetricsEndpoint | None = None
         self.health = health_aio.HealthServicer()
         self.services: list[str] = [SERVICE_NAME]
@@ -173,6 +176,7 @@ class RuntimeServer:
             reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
                 reflection.aio.ReflectionServicer([*served, reflection.SERVICE_NAME]), registrar)
         host = cfg.host if ":" not in cfg.host or cfg.host.startswith("[") else f"[{cfg.host}]"
+        _refuse_a_taken_port(host, cfg.port)
         try:
             if credentials is None:
                 self.port = server.add_insecure_port(f"{host}:{cfg.port}")
@@ -293,6 +297,29 @@ class RuntimeServer:
         return 128 + signals[1] if len(signals) > 1 else 0
 
 
+def _refuse_a_taken_port(host: str, port: int) -> None:
+    """Say in one line that `port` is taken, before gRPC core tries it: core's failed bind
+    logs a raw `E... add_port.cc` line of its own first. The probe binds as core does
+    (SO_REUSEADDR, so only a listener counts); anything else that stops a bind (an address
+    not on this machine, a privileged port) is left to gRPC's own error."""
+    if port == 0:
+        return
+    try:
+        addresses = socket.getaddrinfo(host.strip("[]"), port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except OSError:
+        return
+    for family, kind, proto, _, address in addresses:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(address)
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    raise OSError(f"cannot listen on {host}:{port}: port {port} is taken by another process; "
+                                  "stop it, or pick another port (--port or AGENT_RUNTIME_PORT; 0 picks a free "
+                                  "one)") from None
+
+
 _NEVER_MS = 2**31 - 1  # gRPC's "infinite" for millisecond channel arguments
 
 
@@ -324,7 +351,15 @@ async def serve_main(server: RuntimeServer) -> int:
 
     This is a process's main: agents still executing once the server has stopped
     (abandoned ones that ignore cancellation, or runs cut short by a second
-    signal) cannot be waited for, so the process exits without them."""
+    signal) cannot be waited for, so the process exits without them. It sets up
+    logging as `agent-runtime serve` does (the config's level and format, on
+    stderr) unless the application did."""
+    if configure_logging(server.config.log_level, server.config.log_format):
+        # the run log decides which run ends it logs as it is made: made again for this level
+        manager = server.manager
+        manager.sinks.remove(server.run_log)
+        server.run_log = RunLogSink()
+        manager.add_sink(server.run_log)
     code = await server.serve()
     busy = server.manager.busy
     if busy:

@@ -9,12 +9,13 @@ import grpc
 
 from ..errors import (AgentError, AgentNotFound, AgentRuntimeError, Draining, InvalidInput,
                       Overloaded, ProviderRejected, ProviderUnavailable, RunCancelled, RunTimeout,
-                      Unauthenticated)
+                      ServerMisconfigured, Unauthenticated)
 
 logger = logging.getLogger("agent_runtime.grpc")
 
 RUN_ID_KEY = "agent-runtime-run-id"
 RETRY_PUSHBACK_KEY = "grpc-retry-pushback-ms"
+NO_RETRY = "-1"  # a negative pushback: gRPC clients (grpc core's retry policy too) never retry the call
 
 STATUS_CODES: dict[type[AgentRuntimeError], grpc.StatusCode] = {
     InvalidInput: grpc.StatusCode.INVALID_ARGUMENT,
@@ -27,6 +28,7 @@ STATUS_CODES: dict[type[AgentRuntimeError], grpc.StatusCode] = {
     AgentError: grpc.StatusCode.INTERNAL,
     ProviderUnavailable: grpc.StatusCode.UNAVAILABLE,
     ProviderRejected: grpc.StatusCode.INVALID_ARGUMENT,
+    ServerMisconfigured: grpc.StatusCode.FAILED_PRECONDITION,
 }
 
 
@@ -42,11 +44,14 @@ def status_code(exc: AgentRuntimeError) -> grpc.StatusCode:
 
 
 def trailing_metadata(exc: AgentRuntimeError) -> tuple[tuple[str, str], ...]:
-    """The run id of a failed run, and the retry hint of a refused one."""
-    metadata = ((RUN_ID_KEY, exc.run_id),) if exc.run_id else ()
+    """The run id and a do-not-retry pushback for a run that started (it has a run id):
+    retried, the agent would run again and repeat what it did; the retry hint of a
+    refusal, which ran nothing (Overloaded; Draining retries at the client's backoff)."""
+    if exc.run_id:
+        return ((RUN_ID_KEY, exc.run_id), (RETRY_PUSHBACK_KEY, NO_RETRY))
     if isinstance(exc, Overloaded):
-        return (*metadata, (RETRY_PUSHBACK_KEY, str(int(exc.retry_after * 1000) or 1)))
-    return metadata
+        return ((RETRY_PUSHBACK_KEY, str(int(exc.retry_after * 1000) or 1)),)
+    return ()
 
 
 async def abort(context: grpc.aio.ServicerContext, exc: AgentRuntimeError) -> None:
