@@ -9,7 +9,7 @@ from collections import Counter
 import grpc
 import pytest
 
-from agent_runtime import ServerConfig, current_run
+from agent_runtime import RuntimeServer, ServerConfig, current_run
 from conftest import runtime_pb2 as pb
 from conftest import stub
 
@@ -69,8 +69,10 @@ async def test_max_concurrent_streams_bounds_calls_per_connection(serve, limit):
             await channel.close()
 
 
-def test_max_concurrent_streams_is_off_by_default():
-    assert ServerConfig().max_concurrent_streams == 0
+def test_max_concurrent_streams_is_bounded_by_default():
+    """Unlimited, one connection's HEADERS-only streams took a server past 500 MB (issue 30)."""
+    assert ServerConfig().max_concurrent_streams == 100
+    assert ("grpc.max_concurrent_streams", 100) in RuntimeServer(config=ServerConfig()).grpc_options()
 
 
 @pytest.mark.parametrize("streaming", [False, True])

@@ -57,9 +57,10 @@ class ServerConfig:
     keepalive_permit_interval: float = _opt(10.0, "shortest interval at which clients may send keepalive "
                                             "pings (also without calls) before the server calls it abuse",
                                             minimum=0)
-    max_concurrent_streams: int = _opt(0, "calls one client connection may have open at once (HTTP/2 "
+    max_concurrent_streams: int = _opt(100, "calls one client connection may have open at once (HTTP/2 "
                                        "SETTINGS_MAX_CONCURRENT_STREAMS; calls over it are refused with "
-                                       "UNAVAILABLE); 0 = no limit", minimum=0)
+                                       "UNAVAILABLE); 0 = no limit, which lets one connection hold "
+                                       "unbounded memory", minimum=0)
     reflection: bool = _opt(True, "serve gRPC server reflection (for grpcurl); switch off in production "
                             "if the API should not be discoverable")
     tls_cert: str = _opt("", "PEM certificate chain file: serve TLS (re-read when the file changes)")

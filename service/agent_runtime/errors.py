@@ -53,6 +53,10 @@ class RunCancelled(AgentRuntimeError):
     """The run was cancelled by its caller or by `CancelRun`."""
 
 
+class StreamOverflow(AgentRuntimeError):
+    """The caller of a streamed run left too many of its events unread."""
+
+
 class Unauthenticated(AgentRuntimeError):
     """Credentials are missing or wrong."""
 

@@ -165,9 +165,14 @@ class RuntimeCollector(_Collector):
         for agent in agents:
             in_flight.add_metric([agent], running.get(agent, 0))
             waiting.add_metric([agent], queued.get(agent, 0))
+        buffered = GaugeMetricFamily("agent_runtime_stream_buffered_bytes",
+                                     "Bytes of events streamed runs hold that their callers have not read "
+                                     "yet (estimated; each run's is bounded).")
+        buffered.add_metric([], self.manager.buffered.value)
         yield limit
         yield in_flight
         yield waiting
+        yield buffered
         for family in self.families:
             metric = family.collect()
             if family is self.runs:

@@ -9,7 +9,7 @@ import grpc
 
 from ..errors import (AgentError, AgentNotFound, AgentRuntimeError, Draining, InvalidInput,
                       Overloaded, ProviderRejected, ProviderUnavailable, RunCancelled, RunTimeout,
-                      Unauthenticated)
+                      StreamOverflow, Unauthenticated)
 
 logger = logging.getLogger("agent_runtime.grpc")
 
@@ -23,6 +23,7 @@ STATUS_CODES: dict[type[AgentRuntimeError], grpc.StatusCode] = {
     Draining: grpc.StatusCode.UNAVAILABLE,
     RunTimeout: grpc.StatusCode.DEADLINE_EXCEEDED,
     RunCancelled: grpc.StatusCode.CANCELLED,
+    StreamOverflow: grpc.StatusCode.RESOURCE_EXHAUSTED,
     Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
     AgentError: grpc.StatusCode.INTERNAL,
     ProviderUnavailable: grpc.StatusCode.UNAVAILABLE,
