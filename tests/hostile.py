@@ -32,7 +32,7 @@ class RawH2:
         host, port = address.rsplit(":", 1)
         self.sock = socket.create_connection((host, int(port)), timeout=10)
         self.authority = address.encode()
-        conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+        self.h2 = conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
         conn.initiate_connection()
         self.sock.sendall(conn.data_to_send())
         self.next_stream = 1
@@ -95,12 +95,26 @@ class RawH2:
             sent += len(frames) // 3
         return sent
 
-    def call(self, path: str, body: bytes) -> int:
-        """Start one call with a whole request; returns its stream id."""
-        (stream,) = self._stream_ids(1)
-        self.send([HeadersFrame(stream, data=self.header_block(path), flags=["END_HEADERS"]).serialize(),
-                   DataFrame(stream, data=grpc_message(body), flags=["END_STREAM"]).serialize()])
-        return stream
+    def stalled_call(self, path: str, body: bytes) -> None:
+        """Send one call's request (with h2, which keeps to the server's flow control), then
+        read nothing more and never open the flow-control window for the reply: a caller
+        that has stopped reading. Only on a connection made with `read=False`."""
+        conn = self.h2
+        stream = conn.get_next_available_stream_id()
+        conn.send_headers(stream, [(":method", "POST"), (":scheme", "http"), (":path", path),
+                                   (":authority", self.authority.decode()), ("content-type", "application/grpc"),
+                                   ("te", "trailers")])
+        remaining = memoryview(grpc_message(body))
+        while remaining:
+            room = min(conn.local_flow_control_window(stream), conn.max_outbound_frame_size, len(remaining))
+            if room:
+                conn.send_data(stream, remaining[:room].tobytes())
+                remaining = remaining[room:]
+            else:
+                conn.receive_data(self.sock.recv(1 << 16))  # the server's WINDOW_UPDATEs
+            self.sock.sendall(conn.data_to_send())
+        conn.end_stream(stream)
+        self.sock.sendall(conn.data_to_send())
 
     def _read(self) -> None:
         pending = bytearray()

@@ -40,8 +40,8 @@ class EchoAgent:
             return await self._call_tool(input)
         run = current_run()
         if run is not None and run.streaming and isinstance(input, str):
-            for piece in _WORDS.findall(input):
-                await stream_chunk(piece)  # held back while the caller lags behind
+            for piece in _WORDS.finditer(input):  # one word at a time, not a list of them all
+                await stream_chunk(piece.group())  # held back while the caller lags behind
         return input
 
     async def _call_tool(self, request: dict[str, Any]) -> Any:
