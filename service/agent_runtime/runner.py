@@ -418,6 +418,8 @@ class Runner:
         """The agent's run in a task of its own (events()), ended as result() ends it inline."""
         try:
             output = await self._agent_coroutine()
+            if self._cancel_status is not None:  # cancelled after its last await (an overflow, say)
+                raise asyncio.CancelledError
         except BaseException as exc:
             failure = self._failed(exc)
             if failure is exc:
