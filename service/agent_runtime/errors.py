@@ -57,6 +57,10 @@ class StreamOverflow(AgentRuntimeError):
     """The caller of a streamed run left too many of its events unread."""
 
 
+class PermissionDenied(AgentRuntimeError):
+    """The caller may not act on that run: it was started by another user_id."""
+
+
 class Unauthenticated(AgentRuntimeError):
     """Credentials are missing or wrong."""
 

@@ -99,6 +99,18 @@ def run_request(request: Any) -> tuple[str, str, str, Any, dict[str, str], float
     return agent, session_id, user_id, input, checked_metadata(metadata) if metadata is not None else {}, timeout
 
 
+def cancel_request(request: Any) -> tuple[str, str]:
+    """The (run_id, user_id) of a CancelRunRequest, checked; InvalidInput when it is not valid."""
+    if type(request) is MalformedRequest:
+        raise InvalidInput(f"request is not a valid CancelRunRequest: {request.reason}")
+    if not request.run_id:
+        raise InvalidInput("run_id is required")
+    for name, value in (("run_id", request.run_id), ("user_id", request.user_id)):
+        if len(value) > MAX_ID_CHARS:
+            raise InvalidInput(f"{name} is longer than {MAX_ID_CHARS} characters")
+    return request.run_id, request.user_id
+
+
 def output_payload(output: Any, run_id: str) -> pb.Payload:
     try:
         return to_payload(output)

@@ -8,7 +8,7 @@ import logging
 import grpc
 
 from ..errors import (AgentError, AgentNotFound, AgentRuntimeError, Draining, InvalidInput,
-                      Overloaded, ProviderRejected, ProviderUnavailable, RunCancelled, RunTimeout,
+                      Overloaded, PermissionDenied, ProviderRejected, ProviderUnavailable, RunCancelled, RunTimeout,
                       StreamOverflow, Unauthenticated)
 
 logger = logging.getLogger("agent_runtime.grpc")
@@ -25,6 +25,7 @@ STATUS_CODES: dict[type[AgentRuntimeError], grpc.StatusCode] = {
     RunCancelled: grpc.StatusCode.CANCELLED,
     StreamOverflow: grpc.StatusCode.RESOURCE_EXHAUSTED,
     Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
+    PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
     AgentError: grpc.StatusCode.INTERNAL,
     ProviderUnavailable: grpc.StatusCode.UNAVAILABLE,
     ProviderRejected: grpc.StatusCode.INVALID_ARGUMENT,
