@@ -33,7 +33,7 @@ import logging
 import time
 import types
 from threading import get_ident
-from typing import TYPE_CHECKING, Any, AsyncIterator, Coroutine, Mapping
+from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Coroutine, Mapping
 
 from .agent import AgentSpec, CallKind
 from .context import RunContext, _current, new_id
@@ -243,12 +243,16 @@ class Runner:
         return self._abandoned
 
     # -- the caller's side -------------------------------------------------
-    async def result(self) -> Any:
+    async def result(self, reply: Callable[["Runner", Any], Any] | None = None) -> Any:
         """Run the agent and return its output (chunks joined for a streaming agent).
 
         A run not entered with `async with` is admitted here, for as long as it runs:
         `await session.run(input).result()` is a whole run in one coroutine, as a unary
-        call runs it. Awaited again, it gives the same outcome."""
+        call runs it. Awaited again, it gives the same outcome.
+
+        With `reply`, what is returned is `reply(runner, output)`, made before the run
+        ends: a reply that cannot be made (it raises) ends the run with that error, so
+        the run's status is the one its caller sees."""
         if self._task is not None:
             if self._inline:  # awaited again: the same outcome
                 if self._running:
@@ -287,6 +291,7 @@ class Runner:
                 output = stop.value
             else:
                 output = await _drive(context, coro, pending, self)
+            answer = output if reply is None else reply(self, output)
         except BaseException as exc:
             failure = context.run(self._failed, exc)
             if isinstance(failure, asyncio.CancelledError):
@@ -304,8 +309,8 @@ class Runner:
             raise failure from exc
         else:
             self._end(RunStatus.OK, output, "", context)
-            self._outcome = (True, output)
-            return output
+            self._outcome = (True, answer)
+            return answer
         finally:
             if self._cancels:
                 self._uncancel()

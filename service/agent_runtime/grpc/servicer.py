@@ -12,8 +12,9 @@ from typing import Any, AsyncIterator
 import grpc
 
 from .._proto.agent_runtime.v1 import runtime_pb2 as pb
-from ..errors import AgentRuntimeError, InvalidInput, PermissionDenied
+from ..errors import AgentRuntimeError, InvalidInput, PermissionDenied, TooLarge
 from ..events import RunStatus
+from ..config import ServerConfig
 from ..runner import Runner
 from ..session import SessionManager
 from . import auth, messages
@@ -62,10 +63,22 @@ def check_owner(runner: Runner, user_id: str, operator: bool) -> None:
 
 
 class AgentRuntimeServicer:
-    def __init__(self, manager: SessionManager, operator: Any = None) -> None:
-        """`operator`: the operator's token (auth.operator_token), None when there is none."""
+    def __init__(self, manager: SessionManager, operator: Any = None,
+                 max_message_bytes: int = ServerConfig.max_message_bytes) -> None:
+        """`operator`: the operator's token (auth.operator_token), None when there is none;
+        `max_message_bytes`: the largest reply gRPC will send."""
         self.manager = manager
         self.operator = operator
+        self.max_message_bytes = max_message_bytes
+
+    def _reply(self, runner: Runner, output: Any) -> bytes:
+        """Invoke's reply, made before the run ends: one gRPC would not send (too large)
+        fails the run with the status its caller gets, instead of a run logged ok."""
+        reply = messages.invoke_response(runner, output)
+        if len(reply) > self.max_message_bytes:
+            raise TooLarge(f"the reply ({len(reply)} bytes) is over the server's max_message_bytes "
+                           f"({self.max_message_bytes})", run_id=runner.run_id)
+        return reply
 
     def _run(self, request: Any, context: grpc.aio.ServicerContext) -> Runner:
         """The run `request` asks for, in the caller's session (a Session has nothing to
@@ -84,7 +97,7 @@ class AgentRuntimeServicer:
         runner = None
         try:
             runner = self._run(request, context)
-            return messages.invoke_response(runner, await runner.result())
+            return await runner.result(self._reply)
         except AgentRuntimeError as exc:
             await abort(context, exc)
         except Exception as exc:

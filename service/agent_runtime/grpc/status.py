@@ -9,7 +9,7 @@ import grpc
 
 from ..errors import (AgentError, AgentNotFound, AgentRuntimeError, Draining, InvalidInput,
                       Overloaded, PermissionDenied, ProviderRejected, ProviderUnavailable, RunCancelled, RunTimeout,
-                      StreamOverflow, Unauthenticated)
+                      StreamOverflow, TooLarge, Unauthenticated)
 
 logger = logging.getLogger("agent_runtime.grpc")
 
@@ -24,6 +24,7 @@ STATUS_CODES: dict[type[AgentRuntimeError], grpc.StatusCode] = {
     RunTimeout: grpc.StatusCode.DEADLINE_EXCEEDED,
     RunCancelled: grpc.StatusCode.CANCELLED,
     StreamOverflow: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    TooLarge: grpc.StatusCode.RESOURCE_EXHAUSTED,
     Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
     PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
     AgentError: grpc.StatusCode.INTERNAL,
