@@ -14,6 +14,8 @@ times `RSS_GROWTH_MB`.
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
 import time
 import urllib.request
 from typing import Any
@@ -157,3 +159,42 @@ async def test_a_stalled_reader_holds_its_slot_not_the_servers_memory(server_pro
     finally:
         stalled.close()
     await target.held(channel, record_property)
+
+
+def threads_and_fds(pid: int) -> tuple[int, int]:
+    with open(f"/proc/{pid}/status") as status:
+        threads = next(int(line.split()[1]) for line in status if line.startswith("Threads:"))
+    return threads, len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def scrape_seconds(port: int) -> float:
+    started = time.perf_counter()
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        assert b"agent_runtime_runs_in_flight" in response.read()
+    return time.perf_counter() - started
+
+
+async def test_half_sent_metrics_requests_hold_no_threads_and_scrapes_stay_fast(server_process, channel_to,
+                                                                                 record_property):
+    """1,000 connections to /metrics that send half a request and wait: each held a thread
+    and a descriptor for good (2,000 held 510-659 threads), and a scrape took 1.4 s.
+    Now one thread serves them all, at most 64 stay open (the oldest go first) and a
+    scrape in the middle of them is quick (item 5)."""
+    target = Target(server_process)
+    threads, fds = threads_and_fds(target.pid)
+    sockets = []
+    try:
+        for _ in range(1000):
+            sock = socket.create_connection(("127.0.0.1", target.metrics_port), timeout=10)
+            sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")  # and never the blank line
+            sockets.append(sock)
+        took = await asyncio.to_thread(scrape_seconds, target.metrics_port)
+        record_property("scrape_ms_under_attack", round(1000 * took, 1))
+        assert took < 0.5
+        held_threads, held_fds = threads_and_fds(target.pid)
+        assert held_threads <= threads and held_fds <= fds + 64 + 1
+        assert sockets[0].recv(1) == b""  # the oldest was closed to make room
+    finally:
+        for sock in sockets:
+            sock.close()
+    await target.held(channel_to(target.address), record_property)
