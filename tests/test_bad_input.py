@@ -61,6 +61,28 @@ async def test_negative_timeout(two_agents):
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "positive duration" in err.details()
 
 
+@pytest.mark.parametrize("seconds, nanos, message", [
+    (2**62, 0, "out of Duration's range"), (315_576_000_001, 0, "out of Duration's range"),
+    (0, 1_000_000_000, "positive duration"), (-(2**62), 0, "positive duration"), (0, -1, "positive duration"),
+    (1, -(2**31), "positive duration"),
+])
+async def test_timeouts_out_of_durations_range_are_invalid_argument(two_agents, caplog, seconds, nanos, message):
+    """google.protobuf.Duration's limits: none reaches a timer or the log (issue 30, item 3)."""
+    _, channel = two_agents
+    request = text("x", agent="echo")
+    request.timeout.seconds, request.timeout.nanos = seconds, nanos
+    err = await invoke_error(stub(channel), request)
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and message in err.details()
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]
+
+
+async def test_the_longest_duration_is_a_valid_timeout(two_agents):
+    _, channel = two_agents
+    request = text("x", agent="echo")
+    request.timeout.seconds, request.timeout.nanos = 315_576_000_000, 999_999_999
+    assert (await stub(channel).Invoke(request, timeout=10)).output.text == "x"
+
+
 @pytest.mark.parametrize("payload, reason", [
     (b"\x22\x03\x0a\x01\xff", "invalid UTF-8 in input.text"),
     (b"\xff\xff\xff", "truncated garbage"),

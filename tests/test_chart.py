@@ -276,6 +276,8 @@ def test_schema_rejects_wrong_values_with_a_clear_message(values, message):
     ({"server": {"port": 1}}, "server.port cannot be set: set ports.grpc"),
     ({"server": {"host": "::"}}, "server.host cannot be set"),
     ({"server": {"auth_token": "s3cret"}}, "server.auth_token cannot be set: a ConfigMap is no place for a secret"),
+    ({"server": {"auth_operator_token": "s3cret"}},
+     "server.auth_operator_token cannot be set: a ConfigMap is no place for a secret"),
     ({"server": {"tls_cert": "/tls/tls.crt"}}, "server.tls_cert cannot be set: kubelet's gRPC probes speak plaintext"),
     ({"autoscaling": {"enabled": True, "targetCPUUtilizationPercentage": None}},
      "autoscaling.enabled needs a metric"),

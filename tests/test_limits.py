@@ -9,7 +9,7 @@ from collections import Counter
 import grpc
 import pytest
 
-from agent_runtime import ServerConfig, current_run
+from agent_runtime import EventType, RuntimeServer, ServerConfig, current_run
 from conftest import runtime_pb2 as pb
 from conftest import stub
 
@@ -69,8 +69,10 @@ async def test_max_concurrent_streams_bounds_calls_per_connection(serve, limit):
             await channel.close()
 
 
-def test_max_concurrent_streams_is_off_by_default():
-    assert ServerConfig().max_concurrent_streams == 0
+def test_max_concurrent_streams_is_bounded_by_default():
+    """Unlimited, one connection's HEADERS-only streams took a server past 500 MB (issue 30)."""
+    assert ServerConfig().max_concurrent_streams == 100
+    assert ("grpc.max_concurrent_streams", 100) in RuntimeServer(config=ServerConfig()).grpc_options()
 
 
 @pytest.mark.parametrize("streaming", [False, True])
@@ -97,3 +99,30 @@ async def test_oversized_output_is_resource_exhausted_and_frees_the_slot(serve, 
     with pytest.raises(grpc.aio.AioRpcError) as too_big:
         await client.Invoke(pb.InvokeRequest(input=pb.Payload(text="y" * limit)), timeout=10)
     assert too_big.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+async def test_a_reply_too_large_to_send_ends_its_run_with_the_callers_status(serve, channel_to, caplog):
+    """A request of exactly max_message_bytes to the echo agent: its reply is larger. The
+    run was logged ok, and gRPC logged a traceback (issue 30, item 4)."""
+    from agent_runtime.events import RunStatus
+
+    ends = []
+
+    class Ends:
+        event_types = {EventType.RUN_END}
+
+        def on_event(self, event):
+            ends.append(event.data["status"])
+
+    limit = 64 * 1024
+    server = await serve(sinks=[Ends()], max_message_bytes=limit)
+    client = stub(channel_to(server.address))
+    text = "y" * (limit - 8)  # the request, with its field tags and lengths, is exactly `limit` bytes
+    assert pb.InvokeRequest(input=pb.Payload(text=text)).ByteSize() == limit
+    with pytest.raises(grpc.aio.AioRpcError) as too_big:
+        await client.Invoke(pb.InvokeRequest(input=pb.Payload(text=text)), timeout=10)
+    assert too_big.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "over the server's max_message_bytes" in too_big.value.details()
+    assert ends == [RunStatus.ERROR]
+    assert not [r for r in caplog.records if r.levelname == "ERROR" or r.exc_info]
+    assert server.manager.admission.in_use == 0

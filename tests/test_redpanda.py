@@ -330,3 +330,34 @@ async def test_traced_server_without_trace_context_returns_no_trace(serve, chann
         pb.InvokeAgentRequest(message=mpb.Message(bytes=b"x")))
     assert not reply.HasField("trace")
     assert any(span.name == "invoke_agent echo" for span in exporter.get_finished_spans())
+
+
+TIMESTAMP_LIMITS = [(2**62, 0), (-(2**62), 0), (253_402_300_800, 0), (-62_135_596_801, 0),
+                    (0, 1_000_000_000), (0, -1), (0, 2**31 - 1)]
+
+
+@pytest.mark.parametrize("service", ["AgentRuntime", "Runtime"])
+@pytest.mark.parametrize("where", ["structured", "metadata"])
+@pytest.mark.parametrize("seconds, nanos", TIMESTAMP_LIMITS)
+async def test_timestamps_out_of_range_are_invalid_argument_without_a_traceback(
+        serve, channel_to, caplog, service, where, seconds, nanos):
+    """Out of Timestamp's range, conversion raised: INTERNAL and an ERROR traceback per
+    request, a way to flood the log (issue 30, item 3)."""
+    server = await serve()
+    stamp = mpb.Value(timestamp_value=timestamp_pb2.Timestamp(seconds=seconds, nanos=nanos))
+    message = (mpb.Message(structured=mpb.Value(list_value=mpb.ListValue(values=[stamp]))) if where == "structured"
+               else mpb.Message(bytes=b"x", metadata=mpb.StructValue(fields={"when": stamp})))
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await stubs(channel_to(server.address))[service].InvokeAgent(pb.InvokeAgentRequest(message=message))
+    assert info.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert "timestamp_value out of range" in info.value.details()
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]
+
+
+@pytest.mark.parametrize("seconds, nanos", [(253_402_300_799, 999_999_999), (-62_135_596_800, 0)])
+async def test_timestamps_at_the_ends_of_the_range_are_accepted(serve, channel_to, seconds, nanos):
+    server = await serve()
+    stamp = mpb.Value(timestamp_value=timestamp_pb2.Timestamp(seconds=seconds, nanos=nanos))
+    reply = await stubs(channel_to(server.address))["Runtime"].InvokeAgent(pb.InvokeAgentRequest(
+        message=mpb.Message(structured=stamp, metadata=mpb.StructValue(fields={"when": stamp}))))
+    assert reply.message.structured.timestamp_value.seconds == seconds

@@ -59,9 +59,10 @@ class ServerConfig:
     keepalive_permit_interval: float = _opt(10.0, "shortest interval at which clients may send keepalive "
                                             "pings (also without calls) before the server calls it abuse",
                                             minimum=0)
-    max_concurrent_streams: int = _opt(0, "calls one client connection may have open at once (HTTP/2 "
+    max_concurrent_streams: int = _opt(100, "calls one client connection may have open at once (HTTP/2 "
                                        "SETTINGS_MAX_CONCURRENT_STREAMS; calls over it are refused with "
-                                       "UNAVAILABLE); 0 = no limit", minimum=0)
+                                       "UNAVAILABLE); 0 = no limit, which lets one connection hold "
+                                       "unbounded memory", minimum=0)
     reflection: bool = _opt(True, "serve gRPC server reflection (for grpcurl); switch off in production "
                             "if the API should not be discoverable")
     tls_cert: str = _opt("", "PEM certificate chain file: serve TLS (re-read when the file changes)")
@@ -70,6 +71,11 @@ class ServerConfig:
     auth_token_file: str = _opt("", "file holding the bearer token callers must send as `authorization: "
                                 "Bearer <token>` (re-read when the file changes)")
     auth_token: str = _opt("", "the bearer token itself (no flag: set it in the environment)", secret=True)
+    auth_operator_token_file: str = _opt("", "file holding the operator's bearer token: it authenticates as "
+                                         "auth_token does and may also cancel other users' runs (re-read "
+                                         "when the file changes)")
+    auth_operator_token: str = _opt("", "the operator's bearer token itself (no flag: set it in the environment)",
+                                    secret=True)
     auth_exempt: tuple[str, ...] = _opt(("grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"),
                                         "gRPC services callable without a token (repeatable)",
                                         metavar="SERVICE")
@@ -102,6 +108,11 @@ class ServerConfig:
             raise ConfigError("tls_client_ca (mutual TLS) needs tls_cert and tls_key")
         if self.auth_token and self.auth_token_file:
             raise ConfigError(f"set either auth_token_file or {env_name('auth_token')}, not both")
+        if self.auth_operator_token and self.auth_operator_token_file:
+            raise ConfigError(f"set either auth_operator_token_file or {env_name('auth_operator_token')}, not both")
+        if (self.auth_operator_token or self.auth_operator_token_file) and not (self.auth_token or self.auth_token_file):
+            raise ConfigError("an operator token needs auth on: set auth_token_file or "
+                              f"{env_name('auth_token')} too")
         if self.log_level.lower() not in ("debug", "info", "warning", "error"):
             raise ConfigError(f"log_level must be debug, info, warning or error, got {self.log_level!r}")
 

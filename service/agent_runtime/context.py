@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextvars
 import os
+from threading import get_ident
 from typing import TYPE_CHECKING, Any, Mapping
 
 from .events import EventType
@@ -63,13 +64,28 @@ def emit_event(name: str, data: Any = None) -> None:
 def emit_chunk(chunk: Any) -> None:
     """Stream a piece of output to the run's caller; a no-op outside a run.
 
-    Per streamed token this is the runtime's hot path: it goes to the runner's `_emit`
-    itself, a call less than through `Runner.emit_chunk`."""
+    From a coroutine it cannot wait for a slow caller: past the stream's buffer the
+    run fails (`await stream_chunk` waits instead). From a worker thread (a plain
+    function) it is handed to the loop and waits while the caller's stream is full.
+
+    Per streamed token this is the runtime's hot path: in the loop's thread it goes to
+    the runner's `_emit` itself, a call less than through `Runner.emit_chunk`."""
     run = _current.get()
     if run is not None:
         runner = run.runner
         if runner is not None:
-            runner._emit(_CHUNK, _CHUNK, {"chunk": chunk})
+            if runner._thread == get_ident():
+                runner._emit(_CHUNK, _CHUNK, {"chunk": chunk})
+            else:
+                runner.emit_chunk(chunk)
+
+
+async def stream_chunk(chunk: Any) -> None:
+    """`emit_chunk` that waits while the caller's stream lags behind (backpressure); a
+    no-op outside a run."""
+    run = _current.get()
+    if run is not None and run.runner is not None:
+        await run.runner.stream_chunk(chunk)
 
 
 _ids: list[str] = []

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from .context import current_run, emit_chunk
+from .context import current_run, stream_chunk
 from .errors import InvalidInput
 from .tools import tool
 
@@ -40,8 +40,8 @@ class EchoAgent:
             return await self._call_tool(input)
         run = current_run()
         if run is not None and run.streaming and isinstance(input, str):
-            for piece in _WORDS.findall(input):
-                emit_chunk(piece)
+            for piece in _WORDS.finditer(input):  # one word at a time, not a list of them all
+                await stream_chunk(piece.group())  # held back while the caller lags behind
         return input
 
     async def _call_tool(self, request: dict[str, Any]) -> Any:

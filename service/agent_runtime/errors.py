@@ -53,6 +53,18 @@ class RunCancelled(AgentRuntimeError):
     """The run was cancelled by its caller or by `CancelRun`."""
 
 
+class TooLarge(AgentRuntimeError):
+    """A message the run would send is over the server's `max_message_bytes`."""
+
+
+class StreamOverflow(AgentRuntimeError):
+    """The caller of a streamed run left too many of its events unread."""
+
+
+class PermissionDenied(AgentRuntimeError):
+    """The caller may not act on that run: it was started by another user_id."""
+
+
 class Unauthenticated(AgentRuntimeError):
     """Credentials are missing or wrong."""
 

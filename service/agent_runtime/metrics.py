@@ -13,18 +13,18 @@ event type, tool, model, gRPC method and code; never user, session or run ids.
 from __future__ import annotations
 
 import math
-import threading
 import time
 from bisect import bisect_left
 from itertools import accumulate
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import grpc
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.utils import floatToGoString
 
 from .events import EventType, RunEvent, RunStatus
+from .metrics_http import MetricsHTTPServer
 
 if TYPE_CHECKING:
     from .otel_metrics import OtelMirror
@@ -165,9 +165,14 @@ class RuntimeCollector(_Collector):
         for agent in agents:
             in_flight.add_metric([agent], running.get(agent, 0))
             waiting.add_metric([agent], queued.get(agent, 0))
+        buffered = GaugeMetricFamily("agent_runtime_stream_buffered_bytes",
+                                     "Bytes of events streamed runs hold that their callers have not read "
+                                     "yet (estimated; each run's is bounded).")
+        buffered.add_metric([], self.manager.buffered.value)
         yield limit
         yield in_flight
         yield waiting
+        yield buffered
         for family in self.families:
             metric = family.collect()
             if family is self.runs:
@@ -305,27 +310,26 @@ class GrpcMetrics:
 
 class MetricsEndpoint:
     """`/metrics` over HTTP for `registry`, served from a thread so scrapes never wait
-    on the event loop (and a busy loop never delays a scrape)."""
+    on the event loop (and a busy loop never delays a scrape); bounded against slow and
+    idle clients (metrics_http.py)."""
 
     def __init__(self, registry: CollectorRegistry, host: str, port: int) -> None:
         self.registry = registry
         self.host = host.strip("[]")
         self.port = port
-        self._server: Any = None
-        self._thread: threading.Thread | None = None
+        self._server: MetricsHTTPServer | None = None
 
     def start(self) -> int:
         """Listen and serve; returns the bound port."""
         try:
-            self._server, self._thread = start_http_server(self.port, self.host, self.registry)
+            self._server = MetricsHTTPServer(self.registry, self.host, self.port)
         except OSError as exc:
             raise OSError(f"cannot serve metrics on {self.host}:{self.port}: {exc}") from None
-        self.port = self._server.server_address[1]
+        self._server.start()
+        self.port = self._server.port
         return self.port
 
     def stop(self) -> None:
         server, self._server = self._server, None
         if server is not None:
-            server.shutdown()
-            server.server_close()
-            self._thread.join()
+            server.stop()

@@ -27,15 +27,17 @@ its own run as an error and nothing else.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextvars
 import logging
 import time
 import types
-from typing import TYPE_CHECKING, Any, AsyncIterator, Coroutine, Mapping
+from threading import get_ident
+from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Coroutine, Mapping
 
 from .agent import AgentSpec, CallKind
 from .context import RunContext, _current, new_id
-from .errors import AgentError, AgentRuntimeError, Draining, RunCancelled, RunTimeout
+from .errors import AgentError, AgentRuntimeError, Draining, RunCancelled, RunTimeout, StreamOverflow
 from .events import EventBuffer, EventSink, EventType, RunEvent, RunStatus
 
 if TYPE_CHECKING:
@@ -111,7 +113,7 @@ class Runner:
 
     __slots__ = ("manager", "agent", "input", "metadata", "run_id", "user_id", "session_id", "context", "status",
                  "duration", "_timeout", "_task", "_inline", "_running", "_started", "_ended", "_admitted",
-                 "_outcome", "_listeners", "_loose_ends", "__dict__")
+                 "_outcome", "_listeners", "_loose_ends", "_thread", "_loop", "__dict__")
 
     queue_wait = 0.0
     input_tokens = 0
@@ -241,12 +243,16 @@ class Runner:
         return self._abandoned
 
     # -- the caller's side -------------------------------------------------
-    async def result(self) -> Any:
+    async def result(self, reply: Callable[["Runner", Any], Any] | None = None) -> Any:
         """Run the agent and return its output (chunks joined for a streaming agent).
 
         A run not entered with `async with` is admitted here, for as long as it runs:
         `await session.run(input).result()` is a whole run in one coroutine, as a unary
-        call runs it. Awaited again, it gives the same outcome."""
+        call runs it. Awaited again, it gives the same outcome.
+
+        With `reply`, what is returned is `reply(runner, output)`, made before the run
+        ends: a reply that cannot be made (it raises) ends the run with that error, so
+        the run's status is the one its caller sees."""
         if self._task is not None:
             if self._inline:  # awaited again: the same outcome
                 if self._running:
@@ -285,6 +291,7 @@ class Runner:
                 output = stop.value
             else:
                 output = await _drive(context, coro, pending, self)
+            answer = output if reply is None else reply(self, output)
         except BaseException as exc:
             failure = context.run(self._failed, exc)
             if isinstance(failure, asyncio.CancelledError):
@@ -302,8 +309,8 @@ class Runner:
             raise failure from exc
         else:
             self._end(RunStatus.OK, output, "", context)
-            self._outcome = (True, output)
-            return output
+            self._outcome = (True, answer)
+            return answer
         finally:
             if self._cancels:
                 self._uncancel()
@@ -330,7 +337,8 @@ class Runner:
         the buffer's high-water mark, so twice that many events may be in memory."""
         if self._task is not None:
             raise RuntimeError("this run has already started")
-        buffer = self._buffer = EventBuffer()
+        buffer = self._buffer = EventBuffer(self.manager.buffered)
+        buffer.on_overflow = self._overflow
         self.listen(buffer)
         context = self._begin(streaming=True)
         loop = asyncio.get_running_loop()
@@ -349,6 +357,7 @@ class Runner:
                     return
         except (asyncio.CancelledError, GeneratorExit):
             self._cancel_for_caller()
+            buffer.close()
             raise
 
     async def result_stream(self) -> AsyncIterator[Any]:
@@ -386,6 +395,8 @@ class Runner:
         run = self.context = RunContext(self.run_id, self.agent.name, self.session_id,
                                         self.user_id, self.metadata, streaming, self)
         self._running = True
+        self._thread = get_ident()  # events from any other thread go through `_loop`
+        self._loop = loop = asyncio.get_running_loop()
         # The run's own context: sinks see it on run.start and run.end, the agent runs in it.
         context = contextvars.copy_context()
         context.run(_current.set, run)
@@ -394,7 +405,6 @@ class Runner:
         if self.manager.routes[EventType.RUN_START] or self._listeners:
             context.run(self._emit, EventType.RUN_START, EventType.RUN_START, {"queue_wait": self.queue_wait})
         if self._timeout is not None:
-            loop = asyncio.get_running_loop()
             self._deadline = loop.time() + self._timeout
             self._timer = loop.call_at(self._deadline, self._cancel, RunStatus.TIMEOUT)
         return context
@@ -413,6 +423,8 @@ class Runner:
         """The agent's run in a task of its own (events()), ended as result() ends it inline."""
         try:
             output = await self._agent_coroutine()
+            if self._cancel_status is not None:  # cancelled after its last await (an overflow, say)
+                raise asyncio.CancelledError
         except BaseException as exc:
             failure = self._failed(exc)
             if failure is exc:
@@ -456,9 +468,12 @@ class Runner:
 
     def emit(self, type: EventType, data: Mapping[str, Any]) -> None:
         """Record one event of this run and hand it to the sinks and the run's listeners
-        (the caller's stream among them).
+        (the caller's stream among them); from a worker thread, see `_from_thread`.
 
         Events of an abandoned agent, after its run has ended, are dropped."""
+        if get_ident() != self._thread:
+            self._from_thread(self.emit, type, data)
+            return
         if type is EventType.LLM_END and not self._ended:
             self.input_tokens += data.get("input_tokens") or 0
             self.output_tokens += data.get("output_tokens") or 0
@@ -491,7 +506,39 @@ class Runner:
         self._listeners = (*self._listeners, sink)
 
     def emit_chunk(self, chunk: Any) -> None:
-        self._emit(EventType.CHUNK, EventType.CHUNK, {"chunk": chunk})
+        if get_ident() != self._thread:
+            self._from_thread(self._emit, EventType.CHUNK, EventType.CHUNK, {"chunk": chunk})
+        else:
+            self._emit(EventType.CHUNK, EventType.CHUNK, {"chunk": chunk})
+
+    def _from_thread(self, emit: Any, *args: Any) -> None:
+        """`emit(*args)` for a worker thread (a plain-function agent or tool): done in the
+        loop's thread, where the run's futures and the sinks live, while this thread waits,
+        and for as long as the caller's stream is full (backpressure, as streaming agents
+        get it). Once the loop has closed the run is over, and the event is dropped."""
+        done: concurrent.futures.Future = concurrent.futures.Future()
+        try:
+            self._loop.call_soon_threadsafe(self._emitted, done, emit, args)
+        except RuntimeError:
+            return
+        done.result()
+
+    def _emitted(self, done: concurrent.futures.Future, emit: Any, args: tuple) -> None:
+        try:
+            emit(*args)
+        finally:
+            buffer = self._buffer
+            if buffer is None:
+                done.set_result(None)
+            else:
+                buffer.when_below(done)
+
+    def _overflow(self) -> None:
+        """The caller left more events unread than the buffer holds, and their producer
+        cannot wait: the run fails (RESOURCE_EXHAUSTED) rather than grow without bound."""
+        if self._running and self._cancel_status is None:
+            self._cancel_reason = StreamOverflow
+            self._cancel(RunStatus.ERROR)
 
     async def stream_chunk(self, chunk: Any) -> None:
         """`emit_chunk`, then wait while the caller's stream lags behind (backpressure,
@@ -520,6 +567,8 @@ class Runner:
             else:
                 self._emit(status, EventType.RUN_END, data)
         self._ended = True
+        if self._buffer is not None:
+            self._buffer.stop()
 
     # -- cancellation ------------------------------------------------------
     def _on_task_done(self, task: asyncio.Task) -> None:
@@ -537,7 +586,14 @@ class Runner:
                     done.set_result(task.result())
                 else:
                     done.set_exception(exc)
-        if not self._abandoned:
+        if self._abandoned:
+            return
+        buffer = self._buffer
+        if buffer.size and not buffer.closed:
+            # The slot covers what the caller has yet to read, not only the agent's time.
+            self._running = False
+            buffer.on_drained = self._release
+        else:
             self._release()
 
     def _caller_gone_status(self) -> RunStatus:
@@ -623,6 +679,10 @@ class Runner:
     def _cancel_error(self) -> AgentRuntimeError:
         if self._cancel_status is RunStatus.TIMEOUT:
             return RunTimeout(f"run exceeded its time limit of {self._timeout:g}s", run_id=self.run_id)
+        if self._cancel_reason is StreamOverflow:
+            return StreamOverflow(f"the caller left more than {self._buffer.limit} bytes of events unread; "
+                                  "a streaming agent that cannot wait for its reader was stopped "
+                                  "(agents: await stream_chunk instead of emit_chunk)", run_id=self.run_id)
         if self._cancel_reason is Draining:
             return Draining("the server shut down before the run finished; retry on another replica",
                             run_id=self.run_id)

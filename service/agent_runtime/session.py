@@ -20,7 +20,7 @@ from .admission import Admission
 from .agent import AgentSpec, agents_from
 from .context import new_id
 from .errors import AgentNotFound, Draining, InvalidInput
-from .events import EventSink, EventType, routes
+from .events import BufferedBytes, EventSink, EventType, routes
 from .history import HistoryStore, InMemoryHistory, Message
 from .runner import Runner
 from .workers import WorkerThreads
@@ -98,6 +98,7 @@ class SessionManager:
         self.history: HistoryStore = history if history is not None else InMemoryHistory()
         self._runs: dict[str, Runner] = {}
         self._abandoned: set[asyncio.Task] = set()
+        self.buffered = BufferedBytes()  # what callers' streams hold unread (a metric)
         # Blocking agents and tools: enough threads for every slot twice over (hung ones included).
         self.threads = WorkerThreads(max(32, 2 * max_concurrency))
 

@@ -59,7 +59,7 @@ with how to build, push and name one, rather than a pod in ImagePullBackOff. */}
 {{/* The config file the ConfigMap holds: server settings and agents. Settings the chart
 itself controls are refused here, with where to set them instead. */}}
 {{- define "agent-runtime.configFile" -}}
-{{- $owned := dict "host" "the chart listens on 0.0.0.0" "port" "set ports.grpc" "metrics_port" "set ports.metrics" "config_file" "the chart's ConfigMap is the config file" "auth_token" "a ConfigMap is no place for a secret: put AGENT_RUNTIME_AUTH_TOKEN in the Secret named by envFromSecret" "tls_cert" "kubelet's gRPC probes speak plaintext only: terminate TLS at the Ingress, the Gateway or a service mesh" }}
+{{- $owned := dict "host" "the chart listens on 0.0.0.0" "port" "set ports.grpc" "metrics_port" "set ports.metrics" "config_file" "the chart's ConfigMap is the config file" "auth_token" "a ConfigMap is no place for a secret: put AGENT_RUNTIME_AUTH_TOKEN in the Secret named by envFromSecret" "auth_operator_token" "a ConfigMap is no place for a secret: put AGENT_RUNTIME_AUTH_OPERATOR_TOKEN in the Secret named by envFromSecret" "tls_cert" "kubelet's gRPC probes speak plaintext only: terminate TLS at the Ingress, the Gateway or a service mesh" }}
 {{- range $key, $advice := $owned }}
 {{- if hasKey $.Values.server $key }}
 {{- fail (printf "server.%s cannot be set: %s" $key $advice) }}

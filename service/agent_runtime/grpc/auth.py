@@ -6,6 +6,10 @@ second, as a mounted Kubernetes Secret is updated in place) or from the
 environment. Comparison is constant-time. Services named in `auth_exempt`
 (health and reflection by default, so kubelet probes need no token) pass
 without one. A token is never logged and never put in an error message.
+
+An operator token (`auth_operator_token_file` or the environment) authenticates
+too, and marks its caller as the operator: `is_operator` tells the servicer, which
+lets the operator cancel runs of any user.
 """
 
 from __future__ import annotations
@@ -88,11 +92,14 @@ class FixedToken:
 
 
 class AuthInterceptor(grpc.aio.ServerInterceptor):
-    """Lets a call through when its bearer token matches, or its service is exempt."""
+    """Lets a call through when its bearer token (or the operator's) matches, or its
+    service is exempt."""
 
-    def __init__(self, token: TokenFile | FixedToken, exempt: Iterable[str] = ()) -> None:
+    def __init__(self, token: TokenFile | FixedToken, exempt: Iterable[str] = (),
+                 operator: TokenFile | FixedToken | None = None) -> None:
         self.token = token
         self.exempt = frozenset(exempt)
+        self.operator = operator
 
     async def intercept_service(
             self, continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
@@ -118,10 +125,35 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
             return "missing credentials: send `authorization: Bearer <token>` metadata"
         if isinstance(presented, bytes) or presented[:len(_SCHEME)].lower() != _SCHEME:
             return "malformed credentials: expected `authorization: Bearer <token>`"
-        expected = self.token.current()
-        if not expected or not hmac.compare_digest(presented[len(_SCHEME):].strip().encode(), expected):
+        if not _matches(presented, self.token) and not (self.operator and _matches(presented, self.operator)):
             return "invalid bearer token"
         return None
+
+
+def _matches(presented: str, token: TokenFile | FixedToken) -> bool:
+    """Whether `presented` (an `authorization` value) is `Bearer <token>`; constant-time."""
+    expected = token.current()
+    return (bool(expected) and presented[:len(_SCHEME)].lower() == _SCHEME
+            and hmac.compare_digest(presented[len(_SCHEME):].strip().encode(), expected))
+
+
+def is_operator(operator: TokenFile | FixedToken | None, metadata: Any) -> bool:
+    """Whether a call's metadata carries the operator's bearer token."""
+    if operator is None:
+        return False
+    for key, value in metadata or ():
+        if key == "authorization":
+            return isinstance(value, str) and _matches(value, operator)
+    return False
+
+
+def operator_token(config: ServerConfig) -> TokenFile | FixedToken | None:
+    """The operator's token, when one is configured."""
+    if config.auth_operator_token_file:
+        return TokenFile(config.auth_operator_token_file)
+    if config.auth_operator_token:
+        return FixedToken(config.auth_operator_token)
+    return None
 
 
 def _denial(handler: grpc.RpcMethodHandler | None, reason: str) -> grpc.RpcMethodHandler:
@@ -137,10 +169,11 @@ def _denial(handler: grpc.RpcMethodHandler | None, reason: str) -> grpc.RpcMetho
     return with_behavior(handler, deny)._replace(request_deserializer=None)
 
 
-def interceptors(config: ServerConfig) -> list[grpc.aio.ServerInterceptor]:
+def interceptors(config: ServerConfig, operator: TokenFile | FixedToken | None = None
+                 ) -> list[grpc.aio.ServerInterceptor]:
     """The auth interceptor when a token is configured; nothing (and no cost) otherwise."""
     if config.auth_token_file:
-        return [AuthInterceptor(TokenFile(config.auth_token_file), config.auth_exempt)]
+        return [AuthInterceptor(TokenFile(config.auth_token_file), config.auth_exempt, operator)]
     if config.auth_token:
-        return [AuthInterceptor(FixedToken(config.auth_token), config.auth_exempt)]
+        return [AuthInterceptor(FixedToken(config.auth_token), config.auth_exempt, operator)]
     return []

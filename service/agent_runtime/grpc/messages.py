@@ -20,6 +20,7 @@ MAX_ID_CHARS = 256
 MAX_METADATA_ENTRIES = 64
 MAX_METADATA_KEY_CHARS = 256
 MAX_METADATA_VALUE_CHARS = 8192
+MAX_DURATION_SECONDS = 315_576_000_000  # google.protobuf.Duration's range: about 10,000 years
 
 RUN_STATUS = {
     RunStatus.OK: pb.RUN_STATUS_OK,
@@ -91,9 +92,23 @@ def run_request(request: Any) -> tuple[str, str, str, Any, dict[str, str], float
         timeout = duration.seconds + duration.nanos / 1e9
         if timeout <= 0 or abs(duration.nanos) >= 1_000_000_000:
             raise InvalidInput("timeout must be a positive duration")
+        if duration.seconds > MAX_DURATION_SECONDS:
+            raise InvalidInput(f"timeout is out of Duration's range (at most {MAX_DURATION_SECONDS} seconds)")
     # text, the common input, without a call; to_python tells the other kinds (and none)
     input = (payload is not None and payload.text) or to_python(payload if payload is not None else request.input)
     return agent, session_id, user_id, input, checked_metadata(metadata) if metadata is not None else {}, timeout
+
+
+def cancel_request(request: Any) -> tuple[str, str]:
+    """The (run_id, user_id) of a CancelRunRequest, checked; InvalidInput when it is not valid."""
+    if type(request) is MalformedRequest:
+        raise InvalidInput(f"request is not a valid CancelRunRequest: {request.reason}")
+    if not request.run_id:
+        raise InvalidInput("run_id is required")
+    for name, value in (("run_id", request.run_id), ("user_id", request.user_id)):
+        if len(value) > MAX_ID_CHARS:
+            raise InvalidInput(f"{name} is longer than {MAX_ID_CHARS} characters")
+    return request.run_id, request.user_id
 
 
 def output_payload(output: Any, run_id: str) -> pb.Payload:

@@ -31,6 +31,18 @@ from ..payload import Blob, build_value
 from .messages import checked_metadata
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+# google.protobuf.Timestamp's range: 0001-01-01T00:00:00Z to 9999-12-31T23:59:59.999999999Z.
+TIMESTAMP_SECONDS = (-62_135_596_800, 253_402_300_799)
+
+
+def _checked_timestamp(value: mpb.Value) -> timestamp_pb2.Timestamp:
+    """A Value's timestamp, InvalidInput outside Timestamp's range (a caller's mistake,
+    not the server's: no traceback, no INTERNAL)."""
+    stamp = value.timestamp_value
+    if not (TIMESTAMP_SECONDS[0] <= stamp.seconds <= TIMESTAMP_SECONDS[1] and 0 <= stamp.nanos < 1_000_000_000):
+        raise InvalidInput(f"timestamp_value out of range (seconds {stamp.seconds}, nanos {stamp.nanos}): "
+                           "it must lie in years 1 to 9999, with nanos from 0 to 999,999,999")
+    return stamp
 
 
 def value_to_python(value: mpb.Value) -> Any:
@@ -46,7 +58,7 @@ def value_to_python(value: mpb.Value) -> Any:
     if kind == "bytes_value":
         return value.bytes_value
     if kind == "timestamp_value":
-        return value.timestamp_value.ToDatetime(tzinfo=datetime.timezone.utc)
+        return _checked_timestamp(value).ToDatetime(tzinfo=datetime.timezone.utc)
     if kind == "struct_value":
         return {k: value_to_python(v) for k, v in value.struct_value.fields.items()}
     if kind == "list_value":
@@ -112,7 +124,7 @@ def _metadata_text(value: mpb.Value) -> str:
         except UnicodeDecodeError:
             return base64.standard_b64encode(value.bytes_value).decode("ascii")
     if kind == "timestamp_value":
-        return value.timestamp_value.ToJsonString()
+        return _checked_timestamp(value).ToJsonString()
     return json.dumps(value_to_python(value), separators=(",", ":"), default=_json_default)
 
 

@@ -152,9 +152,10 @@ class RuntimeServer:
             raise RuntimeError("the server has already started")
         cfg = self.config
         credentials = tls.server_credentials(cfg)
-        server = grpc.aio.server(options=self.grpc_options(), interceptors=auth.interceptors(cfg))
+        operator = auth.operator_token(cfg)
+        server = grpc.aio.server(options=self.grpc_options(), interceptors=auth.interceptors(cfg, operator))
         registrar = ObservedRegistrar(server, self.observers)
-        servicer = AgentRuntimeServicer(self.manager)
+        servicer = AgentRuntimeServicer(self.manager, operator, cfg.max_message_bytes)
         registrar.add_registered_method_handlers(SERVICE_NAME, method_handlers(servicer))
         if len(self.manager.agents) == 1:
             registrar.add_gates(SERVICE_NAME, self.manager.admission, unread_handlers(servicer))

@@ -12,11 +12,12 @@ from typing import Any, AsyncIterator
 import grpc
 
 from .._proto.agent_runtime.v1 import runtime_pb2 as pb
-from ..errors import AgentRuntimeError, InvalidInput
+from ..errors import AgentRuntimeError, InvalidInput, PermissionDenied, TooLarge
 from ..events import RunStatus
+from ..config import ServerConfig
 from ..runner import Runner
 from ..session import SessionManager
-from . import messages
+from . import auth, messages
 from .status import abort, unexpected
 
 logger = logging.getLogger("agent_runtime.grpc")
@@ -54,9 +55,30 @@ def unread(manager: SessionManager, agent: str, method: Any) -> Any:
     return stand_in
 
 
+def check_owner(runner: Runner, user_id: str, operator: bool) -> None:
+    """A run started with a user_id is only that user's (or the operator's) to act on."""
+    if runner.user_id and user_id != runner.user_id and not operator:
+        raise PermissionDenied(f"run {runner.run_id} belongs to another user_id; only it, or the operator, "
+                               "may act on it")
+
+
 class AgentRuntimeServicer:
-    def __init__(self, manager: SessionManager) -> None:
+    def __init__(self, manager: SessionManager, operator: Any = None,
+                 max_message_bytes: int = ServerConfig.max_message_bytes) -> None:
+        """`operator`: the operator's token (auth.operator_token), None when there is none;
+        `max_message_bytes`: the largest reply gRPC will send."""
         self.manager = manager
+        self.operator = operator
+        self.max_message_bytes = max_message_bytes
+
+    def _reply(self, runner: Runner, output: Any) -> bytes:
+        """Invoke's reply, made before the run ends: one gRPC would not send (too large)
+        fails the run with the status its caller gets, instead of a run logged ok."""
+        reply = messages.invoke_response(runner, output)
+        if len(reply) > self.max_message_bytes:
+            raise TooLarge(f"the reply ({len(reply)} bytes) is over the server's max_message_bytes "
+                           f"({self.max_message_bytes})", run_id=runner.run_id)
+        return reply
 
     def _run(self, request: Any, context: grpc.aio.ServicerContext) -> Runner:
         """The run `request` asks for, in the caller's session (a Session has nothing to
@@ -75,7 +97,7 @@ class AgentRuntimeServicer:
         runner = None
         try:
             runner = self._run(request, context)
-            return messages.invoke_response(runner, await runner.result())
+            return await runner.result(self._reply)
         except AgentRuntimeError as exc:
             await abort(context, exc)
         except Exception as exc:
@@ -99,9 +121,17 @@ class AgentRuntimeServicer:
         return pb.ListAgentsResponse(agents=[messages.agent_info(spec) for spec in self.manager.agents.values()])
 
     async def CancelRun(self, request: Any, context: grpc.aio.ServicerContext) -> pb.CancelRunResponse:
-        if isinstance(request, messages.MalformedRequest) or not request.run_id:
-            await abort(context, InvalidInput("run_id is required"))
-        return pb.CancelRunResponse(cancelled=self.manager.cancel_run(request.run_id))
+        """Cancels a run on this replica: its owner's (the user_id it was started with) or,
+        with the operator's token, anyone's; False when it is not running here."""
+        try:
+            run_id, user_id = messages.cancel_request(request)
+            runner = self.manager.runs.get(run_id)
+            if runner is None:
+                return pb.CancelRunResponse(cancelled=False)
+            check_owner(runner, user_id, auth.is_operator(self.operator, context.invocation_metadata()))
+        except AgentRuntimeError as exc:
+            await abort(context, exc)
+        return pb.CancelRunResponse(cancelled=runner.cancel())
 
 
 def method_handlers(servicer: AgentRuntimeServicer) -> dict[str, grpc.RpcMethodHandler]:

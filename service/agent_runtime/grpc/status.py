@@ -8,8 +8,8 @@ import logging
 import grpc
 
 from ..errors import (AgentError, AgentNotFound, AgentRuntimeError, Draining, InvalidInput,
-                      Overloaded, ProviderRejected, ProviderUnavailable, RunCancelled, RunTimeout,
-                      ServerMisconfigured, Unauthenticated)
+                      Overloaded, PermissionDenied, ProviderRejected, ProviderUnavailable, RunCancelled, RunTimeout,
+                      ServerMisconfigured, StreamOverflow, TooLarge, Unauthenticated)
 
 logger = logging.getLogger("agent_runtime.grpc")
 
@@ -24,7 +24,10 @@ STATUS_CODES: dict[type[AgentRuntimeError], grpc.StatusCode] = {
     Draining: grpc.StatusCode.UNAVAILABLE,
     RunTimeout: grpc.StatusCode.DEADLINE_EXCEEDED,
     RunCancelled: grpc.StatusCode.CANCELLED,
+    StreamOverflow: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    TooLarge: grpc.StatusCode.RESOURCE_EXHAUSTED,
     Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
+    PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
     AgentError: grpc.StatusCode.INTERNAL,
     ProviderUnavailable: grpc.StatusCode.UNAVAILABLE,
     ProviderRejected: grpc.StatusCode.INVALID_ARGUMENT,

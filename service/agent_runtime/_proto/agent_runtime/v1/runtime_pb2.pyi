@@ -225,10 +225,12 @@ class ListAgentsResponse(_message.Message):
     def __init__(self, agents: _Optional[_Iterable[_Union[AgentInfo, _Mapping]]] = ...) -> None: ...
 
 class CancelRunRequest(_message.Message):
-    __slots__ = ("run_id",)
+    __slots__ = ("run_id", "user_id")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
     run_id: str
-    def __init__(self, run_id: _Optional[str] = ...) -> None: ...
+    user_id: str
+    def __init__(self, run_id: _Optional[str] = ..., user_id: _Optional[str] = ...) -> None: ...
 
 class CancelRunResponse(_message.Message):
     __slots__ = ("cancelled",)
