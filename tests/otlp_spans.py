@@ -133,6 +133,7 @@ class ReceivedSpan:
     links: list[tuple[SpanContext, dict[str, Any]]] = field(default_factory=list)
     flags: int = 0
     dropped_attributes: int = 0
+    dropped_events: int = 0
 
     @classmethod
     def of(cls, span: Any, resource: Any) -> "ReceivedSpan":
@@ -154,7 +155,8 @@ class ReceivedSpan:
             resource=attributes(resource.attributes),
             links=[(SpanContext(int.from_bytes(link.trace_id, "big"), int.from_bytes(link.span_id, "big"), False,
                                 TraceFlags(link.flags & 0xFF)), attributes(link.attributes)) for link in span.links],
-            flags=span.flags, dropped_attributes=span.dropped_attributes_count)
+            flags=span.flags, dropped_attributes=span.dropped_attributes_count,
+            dropped_events=span.dropped_events_count)
 
 
 class ExportedSpans:

@@ -148,7 +148,8 @@ def test_span_api_semantics_follow_the_sdk(provider_for):
     assert "bad input" in exception.attributes["exception.stacktrace"]
     assert received["fails"].status.status_code is StatusCode.ERROR
     assert received["renamed"].attributes == {"a": 1, "b": 2}
-    assert received["renamed"].dropped_attributes == 3  # one attribute, one event and "d" past the limits
+    assert received["renamed"].dropped_attributes == 2  # "c" and "d" past the attribute limit
+    assert received["renamed"].dropped_events == 1  # "two" past the event limit
     assert received["renamed"].status.status_code is StatusCode.OK
     assert [event.name for event in received["renamed"].events] == ["one"]
     assert not ok.is_recording()

@@ -194,7 +194,8 @@ class Span(trace.Span):
     """A recording span; `end()` encodes it and hands it to the export queue."""
 
     __slots__ = ("_tracer", "_name", "_kind", "trace_id", "span_id", "_parent", "_trace_state",
-                 "_start", "_end", "_attributes", "_sets", "_events", "_links", "_status", "_dropped", "_context")
+                 "_start", "_end", "_attributes", "_sets", "_events", "_links", "_status", "_dropped", "_dropped_events",
+                 "_context")
 
     def __init__(self, tracer: "Tracer", name: str, kind: SpanKind, trace_id: int, span_id: int,
                  parent: "SpanContext | Span | None", trace_state: TraceState, attributes: dict[str, Any],
@@ -213,7 +214,8 @@ class Span(trace.Span):
         self._events: list[bytes] | None = None
         self._links = links
         self._status: Status | None = None
-        self._dropped = 0  # attributes and events past the limits
+        self._dropped = 0  # attributes past the limit
+        self._dropped_events = 0
         self._context: SpanContext | None = None
 
     # The parts of the SDK's ReadableSpan that span processors read.
@@ -309,7 +311,7 @@ class Span(trace.Span):
         if events is None:
             events = self._events = []
         elif len(events) >= self._tracer.limits[1]:
-            self._dropped += 1
+            self._dropped_events += 1
             return
         event = b"\x09" + _fixed64(time.time_ns() if timestamp is None else timestamp) + _delimited(
             b"\x12", name.encode("utf-8", "replace"))
@@ -373,16 +375,18 @@ class Span(trace.Span):
             kind = type(item[1])  # (values of other types may not hash)
             cache = _ENCODED_TEXT if kind is str else caches.get(kind)
             parts.append(cache is not None and cache.get(item) or _span_attribute(item))
+        if self._dropped:
+            parts += (b"\x50", _varint(self._dropped))
         if self._events:
             parts += self._events
+        if self._dropped_events:
+            parts += (b"\x60", _varint(self._dropped_events))
         for link in self._links:
             linked = link.context
             body = _ids(0x0A10, linked.trace_id >> 64, linked.trace_id & _MASK64, 0x1208, linked.span_id)
             if link.attributes:
                 body += _attributes(b"\x22", link.attributes)
             parts.append(_delimited(b"\x6a", body + b"\x35" + _fixed32(int(linked.trace_flags))))
-        if self._dropped:
-            parts += (b"\x50", _varint(self._dropped))
         status = self._status
         if status is not None:
             body = b"\x18" + _SMALL[status.status_code.value]
