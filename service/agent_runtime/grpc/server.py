@@ -33,7 +33,7 @@ from typing import Any, Callable, Iterable
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
-from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2_grpc
 
 from .. import tracing
 from ..config import ConfigError, ServerConfig
@@ -43,7 +43,7 @@ from ..history import InMemoryHistory
 from ..metrics import GrpcMetrics, MetricsEndpoint, MetricsSink
 from ..runlog import RunLogSink
 from ..session import SessionManager
-from . import auth, redpanda, tls
+from . import auth, redpanda, reflection, tls
 from .instrument import ObservedRegistrar, RpcObserver
 from .servicer import SERVICE_NAME, AgentRuntimeServicer, method_handlers, unread_handlers
 
@@ -170,8 +170,7 @@ class RuntimeServer:
         served = [*(s for s in self.services if s != PLUGIN_HEALTH_SERVICE),
                   health_pb2.DESCRIPTOR.services_by_name["Health"].full_name]
         if cfg.reflection:
-            reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
-                reflection.aio.ReflectionServicer([*served, reflection.SERVICE_NAME]), registrar)
+            reflection_pb2_grpc.add_ServerReflectionServicer_to_server(reflection.servicer(served), registrar)
         host = cfg.host if ":" not in cfg.host or cfg.host.startswith("[") else f"[{cfg.host}]"
         try:
             if credentials is None:
