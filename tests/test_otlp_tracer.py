@@ -18,10 +18,12 @@ import grpc
 import pytest
 from opentelemetry import trace
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
+from opentelemetry.proto.trace.v1 import trace_pb2
 from opentelemetry.sdk.trace import sampling
 from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags, TraceState
 
 from agent_runtime import otlp_tracer
+from agent_runtime.protowire import delimited, varint
 from certs import CA
 from otlp_spans import HttpOtlpReceiver, OtlpReceiver, ReceivedSpan
 
@@ -330,3 +332,12 @@ def test_export_over_mutual_tls(tmp_path, protocol):
     finally:
         provider.shutdown()
         receiver.stop()
+
+
+def test_varints_at_every_length_boundary_decode_as_written():
+    for n in (0, 1, 127, 128, 16_383, 16_384, 2**21 - 1, 2**21, 2**63):
+        payload = b"x" * n if n < 70_000 else b""
+        if payload:
+            assert trace_service_pb2.ExportTraceServiceRequest.FromString(
+                delimited(b"\x0a", delimited(b"\x1a", payload))).resource_spans[0].schema_url == payload.decode()
+        assert trace_pb2.Span.FromString(b"\x50" + varint(n)).dropped_attributes_count == n % 2**32

@@ -302,9 +302,9 @@ def _ms(seconds: float) -> int:
 def _freeze_startup_heap() -> None:
     """Move what start-up built (modules, protobuf descriptors, the server itself) out
     of the garbage collector's sight, as preforking servers do: the older generations'
-    collections then walk what calls make, not the whole heap (measured with callgrind,
-    7.6k of 407k instructions a unary Invoke, about 2 %). Cyclic garbage of start-up is
-    collected first, so nothing is kept that would have been freed."""
+    collections then walk what calls make, not the whole heap (docs/design.md has the
+    figure). Cyclic garbage of start-up is collected first, so nothing is kept that
+    would have been freed."""
     gc.collect()
     gc.freeze()
 

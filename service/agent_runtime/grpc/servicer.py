@@ -70,8 +70,7 @@ class AgentRuntimeServicer:
         manager = self.manager
         return Runner(manager, manager.agent(agent), input, user_id, session_id, metadata, timeout)
 
-    async def Invoke(self, request: Any, context: grpc.aio.ServicerContext) -> bytes:
-        """The run's reply, already encoded (`messages.invoke_response`)."""
+    async def Invoke(self, request: Any, context: grpc.aio.ServicerContext) -> pb.InvokeResponse:
         runner = None
         try:
             runner = self._run(request, context)
@@ -105,11 +104,12 @@ class AgentRuntimeServicer:
 
 
 def method_handlers(servicer: AgentRuntimeServicer) -> dict[str, grpc.RpcMethodHandler]:
-    """Handlers with request parsing that maps undecodable bytes to INVALID_ARGUMENT.
-    Invoke answers with bytes it encoded itself: it has no response serializer."""
+    """Handlers with request parsing that maps undecodable bytes to INVALID_ARGUMENT."""
     parse = messages.parser
     return {
-        "Invoke": grpc.unary_unary_rpc_method_handler(servicer.Invoke, request_deserializer=parse(pb.InvokeRequest)),
+        "Invoke": grpc.unary_unary_rpc_method_handler(
+            servicer.Invoke, request_deserializer=parse(pb.InvokeRequest),
+            response_serializer=pb.InvokeResponse.SerializeToString),
         "InvokeStream": grpc.unary_stream_rpc_method_handler(
             servicer.InvokeStream, request_deserializer=parse(pb.InvokeRequest),
             response_serializer=pb.InvokeEvent.SerializeToString),
@@ -131,7 +131,8 @@ def unread_handlers(servicer: AgentRuntimeServicer) -> dict[str, grpc.RpcMethodH
     parse = messages.parser(pb.InvokeRequest)
     return {
         "Invoke": grpc.stream_unary_rpc_method_handler(
-            unread(servicer.manager, "", servicer.Invoke), request_deserializer=parse),
+            unread(servicer.manager, "", servicer.Invoke), request_deserializer=parse,
+            response_serializer=pb.InvokeResponse.SerializeToString),
         "InvokeStream": grpc.stream_stream_rpc_method_handler(
             unread(servicer.manager, "", servicer.InvokeStream), request_deserializer=parse,
             response_serializer=pb.InvokeEvent.SerializeToString),
