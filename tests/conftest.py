@@ -57,6 +57,15 @@ async def serve() -> AsyncIterator[Callable[..., Any]]:
         await server.abort()
 
 
+@pytest.fixture(params=["inline", "task"])
+def run_mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The test runs twice: awaited runs executing in their caller's task (the inline
+    driver, the default) and each in an asyncio task of its own
+    (`AGENT_RUNTIME_INLINE_RUNS=false`); subprocess servers inherit the setting."""
+    monkeypatch.setenv("AGENT_RUNTIME_INLINE_RUNS", "true" if request.param == "inline" else "false")
+    return request.param
+
+
 @pytest.fixture
 async def channel_to() -> AsyncIterator[Callable[[str], grpc.aio.Channel]]:
     """Open aio channels to addresses; all closed at teardown."""

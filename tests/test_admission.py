@@ -12,6 +12,8 @@ from agent_runtime.admission import Admission
 from conftest import runtime_pb2 as pb
 from conftest import stub, wait_until
 
+pytestmark = pytest.mark.usefixtures("run_mode")  # inline and task-per-run
+
 
 def gated():
     """An agent named `blocked` whose runs wait until its gate (an asyncio.Event) is set."""

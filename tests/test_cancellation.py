@@ -11,6 +11,8 @@ from agent_runtime import EventType, RunCancelled, RunStatus, RunTimeout, Sessio
 from conftest import runtime_pb2 as pb
 from conftest import stub, wait_until
 
+pytestmark = pytest.mark.usefixtures("run_mode")  # inline and task-per-run
+
 
 class Recorder:
     def __init__(self) -> None:
