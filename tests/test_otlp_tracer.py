@@ -270,6 +270,63 @@ def test_transient_failures_are_retried(provider_for, receiver):
     assert [span.name for span in receiver.spans()] == ["kept"]
 
 
+def test_grpc_retry_waits_as_long_as_the_collectors_retry_info_asks(provider_for, receiver):
+    receiver.fail_next, receiver.retry_delay = 1, 0.6  # longer than the first backoff's most (0.6 s)
+    provider = provider_for(OTEL_BSP_SCHEDULE_DELAY="600000")
+    provider.get_tracer("t").start_span("kept").end()
+    assert provider.force_flush()
+    first, second = receiver.arrivals
+    assert second - first >= 0.6 and [span.name for span in receiver.spans()] == ["kept"]
+
+
+def test_http_retry_waits_as_long_as_retry_after_asks():
+    receiver = HttpOtlpReceiver()
+    receiver.fail_next, receiver.retry_after = [429], "1"
+    provider = otlp_tracer.TracerProvider.from_env({
+        "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf", "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
+        "OTEL_BSP_SCHEDULE_DELAY": "600000"}, {})
+    try:
+        provider.get_tracer("t").start_span("kept").end()
+        assert provider.force_flush()
+    finally:
+        provider.shutdown()
+        receiver.stop()
+    first, second = receiver.arrivals
+    assert second - first >= 1 and len(receiver.requests) == 1
+
+
+def test_backoff_without_a_hint_is_half_a_second_give_or_take_its_jitter():
+    receiver = HttpOtlpReceiver()
+    provider = otlp_tracer.TracerProvider.from_env({
+        "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf", "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
+        "OTEL_BSP_SCHEDULE_DELAY": "600000"}, {})
+    try:
+        for _ in range(3):
+            receiver.fail_next = [503]
+            provider.get_tracer("t").start_span("kept").end()
+            assert provider.force_flush()
+    finally:
+        provider.shutdown()
+        receiver.stop()
+    arrivals = receiver.arrivals
+    waits = [arrivals[1] - arrivals[0], arrivals[3] - arrivals[2], arrivals[5] - arrivals[4]]
+    assert all(0.4 <= wait < 0.9 for wait in waits)  # 0.5 s, give or take 20 % (and the send)
+    assert len(receiver.requests) == 3
+
+
+def test_shutdown_cuts_a_retry_backoff_short(provider_for, receiver, caplog):
+    receiver.fail_next, receiver.retry_delay = 100, 60.0
+    provider = provider_for(OTEL_BSP_SCHEDULE_DELAY="10", OTEL_EXPORTER_OTLP_TIMEOUT="120")
+    provider.get_tracer("t").start_span("lost").end()
+    deadline = time.monotonic() + 10
+    while not receiver.arrivals and time.monotonic() < deadline:  # the export thread is in its backoff
+        time.sleep(0.01)
+    started = time.monotonic()
+    provider.shutdown()
+    assert time.monotonic() - started < 10  # not the 60 s the collector asked for
+    assert "exporting spans to" in caplog.text and receiver.spans() == []
+
+
 def test_an_unreachable_receiver_costs_a_bounded_wait_and_loses_only_spans(caplog):
     provider = otlp_tracer.TracerProvider.from_env(
         {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:1", "OTEL_EXPORTER_OTLP_TIMEOUT": "1",
