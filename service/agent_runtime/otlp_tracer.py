@@ -385,9 +385,12 @@ class Span(trace.Span):
             body = _ids(0x0A10, linked.trace_id >> 64, linked.trace_id & _MASK64, 0x1208, linked.span_id)
             if link.attributes:
                 body += _attributes(b"\x22", link.attributes)
-            parts.append(_delimited(b"\x6a", body + b"\x35" + _fixed32(int(linked.trace_flags))))
+            link_flags = int(linked.trace_flags) | (_HAS_IS_REMOTE | _IS_REMOTE if linked.is_remote else _HAS_IS_REMOTE)
+            parts.append(_delimited(b"\x6a", body + b"\x35" + _fixed32(link_flags)))
         status = self._status
-        if status is not None:
+        if status is None:
+            parts.append(b"\x7a\x00")  # UNSET, sent as the SDK sends it: an empty Status
+        else:
             body = b"\x18" + _SMALL[status.status_code.value]
             if status.description:
                 body = _delimited(b"\x12", status.description.encode("utf-8", "replace")) + body
