@@ -132,7 +132,7 @@ async def test_agent_ignoring_cancellation_is_abandoned_and_slot_freed(caplog):
     assert "ignored cancellation" in caplog.text
     assert len(manager._abandoned) == 1
     release.set()
-    await wait_until(lambda: not manager._abandoned, "the abandoned agent to end", timeout=1)
+    await wait_until(lambda: not manager._abandoned, "the abandoned agent to end")
     assert not manager._abandoned and recorder.ends() == [RunStatus.TIMEOUT]
 
 

@@ -126,7 +126,7 @@ async def test_agent_ignoring_its_callers_cancellation_is_abandoned(caplog):
     assert manager.admission.in_use == 0 and manager.abandoned == 1
     assert "ignored cancellation" in caplog.text
     release.set()
-    await wait_until(lambda: not manager.abandoned, "the abandoned agent to end", timeout=1)
+    await wait_until(lambda: not manager.abandoned, "the abandoned agent to end")
     assert manager.abandoned == 0
     assert [e.data["status"] for e in recorder.of(EventType.RUN_END)] == [RunStatus.CANCELLED]
 
@@ -181,8 +181,8 @@ async def test_result_admits_a_run_not_entered_and_frees_the_slot():
     session = manager.session()
     first, second = session.run("a"), session.run("b")
     calls = [asyncio.ensure_future(first.result()), asyncio.ensure_future(second.result())]
-    await asyncio.sleep(0.01)
-    assert manager.admission.in_use == 1 and manager.admission.waiting == 1
+    await wait_until(lambda: manager.admission.in_use == 1 and manager.admission.waiting == 1,
+                     "one run running and one queued")
     release.set()
     assert await asyncio.gather(*calls) == ["A", "B"]
     assert second.queue_wait > 0
@@ -201,7 +201,7 @@ async def test_result_refused_holds_nothing():
     manager = SessionManager(agent, max_concurrency=1, max_queue=0)
     session = manager.session()
     holder = asyncio.ensure_future(session.run("a").result())
-    await asyncio.sleep(0.01)
+    await wait_until(lambda: manager.admission.in_use == 1, "the first run to hold the slot")
     refused = session.run("b")
     with pytest.raises(Overloaded, match="over capacity"):
         await refused.result()

@@ -25,6 +25,7 @@ from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode,
 from agent_runtime import otlp_tracer
 from agent_runtime.protowire import delimited, varint
 from certs import CA
+from conftest import wait_until_sync
 from otlp_spans import HttpOtlpReceiver, OtlpReceiver, ReceivedSpan
 
 REMOTE = SpanContext(0x0AF7651916CD43DD8448EB211C80319C, 0xB7AD6B7169203331, is_remote=True,
@@ -239,9 +240,7 @@ def test_a_full_batch_is_sent_at_once_with_the_headers(provider_for, receiver):
     tracer = provider.get_tracer("t")
     for index in range(10):
         tracer.start_span(f"s{index}").end()
-    deadline = time.monotonic() + 10
-    while not receiver.requests and time.monotonic() < deadline:  # sent by the thread, not a flush
-        time.sleep(0.02)
+    wait_until_sync(lambda: receiver.requests, "the full batch, sent by the thread, not a flush")
     assert len(receiver.spans()) == 10 and len(receiver.requests) == 1
     assert receiver.metadata[0]["api-key"] == "s=cret" and receiver.metadata[0]["tenant"] == "t1"
     assert receiver.spans()[0].resource == {"service.name": "svc", "pods": 3}
@@ -318,9 +317,7 @@ def test_shutdown_cuts_a_retry_backoff_short(provider_for, receiver, caplog):
     receiver.fail_next, receiver.retry_delay = 100, 60.0
     provider = provider_for(OTEL_BSP_SCHEDULE_DELAY="10", OTEL_EXPORTER_OTLP_TIMEOUT="120")
     provider.get_tracer("t").start_span("lost").end()
-    deadline = time.monotonic() + 10
-    while not receiver.arrivals and time.monotonic() < deadline:  # the export thread is in its backoff
-        time.sleep(0.01)
+    wait_until_sync(lambda: receiver.arrivals, "the export thread's first attempt (then its backoff)")
     started = time.monotonic()
     provider.shutdown()
     assert time.monotonic() - started < 10  # not the 60 s the collector asked for
