@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, AsyncIterator, Callable
 
@@ -57,6 +58,15 @@ async def serve() -> AsyncIterator[Callable[..., Any]]:
         await server.abort()
 
 
+@pytest.fixture(params=["inline", "task"])
+def run_mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The test runs twice: awaited runs executing in their caller's task (the inline
+    driver, the default) and each in an asyncio task of its own
+    (`AGENT_RUNTIME_INLINE_RUNS=false`); subprocess servers inherit the setting."""
+    monkeypatch.setenv("AGENT_RUNTIME_INLINE_RUNS", "true" if request.param == "inline" else "false")
+    return request.param
+
+
 @pytest.fixture
 async def channel_to() -> AsyncIterator[Callable[[str], grpc.aio.Channel]]:
     """Open aio channels to addresses; all closed at teardown."""
@@ -87,6 +97,15 @@ async def wait_until(predicate: Callable[[], Any], what: str = "the condition", 
         if loop.time() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         await asyncio.sleep(0.01)
+
+
+def wait_until_sync(predicate: Callable[[], Any], what: str = "the condition", timeout: float = 10.0) -> None:
+    """`wait_until` for tests without an event loop (conditions met by other threads)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.01)
 
 
 def stub(channel: grpc.aio.Channel) -> runtime_pb2_grpc.AgentRuntimeStub:

@@ -7,11 +7,14 @@ import gzip
 import http.server
 import ssl
 import threading
+import time
 from concurrent import futures
 from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
+from google.protobuf import duration_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags, TraceState
 
@@ -24,6 +27,8 @@ class OtlpReceiver(trace_service_pb2_grpc.TraceServiceServicer):
         self.requests: list[trace_service_pb2.ExportTraceServiceRequest] = []
         self.metadata: list[dict[str, str]] = []
         self.fail_next = 0  # UNAVAILABLE for this many calls first
+        self.retry_delay: float | None = None  # with a RetryInfo asking for this delay
+        self.arrivals: list[float] = []  # time.monotonic() of every call, failed ones too
         self._lock = threading.Lock()
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
         trace_service_pb2_grpc.add_TraceServiceServicer_to_server(self, self.server)
@@ -37,8 +42,15 @@ class OtlpReceiver(trace_service_pb2_grpc.TraceServiceServicer):
 
     def Export(self, request, context):
         with self._lock:
+            self.arrivals.append(time.monotonic())
             if self.fail_next:
                 self.fail_next -= 1
+                if self.retry_delay is not None:
+                    info = error_details_pb2.RetryInfo(retry_delay=duration_pb2.Duration(
+                        seconds=int(self.retry_delay), nanos=int(self.retry_delay % 1 * 1e9)))
+                    status = status_pb2.Status(code=code_pb2.UNAVAILABLE, message="try again")
+                    status.details.add().Pack(info)
+                    context.set_trailing_metadata((("grpc-status-details-bin", status.SerializeToString()),))
                 context.abort(grpc.StatusCode.UNAVAILABLE, "try again")
             self.requests.append(request)
             self.metadata.append(dict(context.invocation_metadata()))
@@ -62,6 +74,8 @@ class HttpOtlpReceiver:
         self.requests: list[trace_service_pb2.ExportTraceServiceRequest] = []
         self.headers: list[dict[str, str]] = []
         self.fail_next: list[int] = []
+        self.retry_after: str | None = None  # sent with each failure
+        self.arrivals: list[float] = []
         receiver = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -69,6 +83,7 @@ class HttpOtlpReceiver:
 
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers["Content-Length"]))
+                receiver.arrivals.append(time.monotonic())
                 status = 404 if self.path != "/v1/traces" else receiver.fail_next.pop(0) if receiver.fail_next else 200
                 if status == 200:
                     if self.headers.get("Content-Encoding") == "gzip":
@@ -76,6 +91,8 @@ class HttpOtlpReceiver:
                     receiver.requests.append(trace_service_pb2.ExportTraceServiceRequest.FromString(body))
                     receiver.headers.append(dict(self.headers))
                 self.send_response(status)
+                if status != 200 and receiver.retry_after is not None:
+                    self.send_header("Retry-After", receiver.retry_after)
                 self.send_header("Content-Type", "application/x-protobuf")
                 self.send_header("Content-Length", "0")
                 self.end_headers()
@@ -133,6 +150,7 @@ class ReceivedSpan:
     links: list[tuple[SpanContext, dict[str, Any]]] = field(default_factory=list)
     flags: int = 0
     dropped_attributes: int = 0
+    dropped_events: int = 0
 
     @classmethod
     def of(cls, span: Any, resource: Any) -> "ReceivedSpan":
@@ -154,7 +172,8 @@ class ReceivedSpan:
             resource=attributes(resource.attributes),
             links=[(SpanContext(int.from_bytes(link.trace_id, "big"), int.from_bytes(link.span_id, "big"), False,
                                 TraceFlags(link.flags & 0xFF)), attributes(link.attributes)) for link in span.links],
-            flags=span.flags, dropped_attributes=span.dropped_attributes_count)
+            flags=span.flags, dropped_attributes=span.dropped_attributes_count,
+            dropped_events=span.dropped_events_count)
 
 
 class ExportedSpans:

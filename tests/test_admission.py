@@ -12,6 +12,8 @@ from agent_runtime.admission import Admission
 from conftest import runtime_pb2 as pb
 from conftest import stub, wait_until
 
+pytestmark = pytest.mark.usefixtures("run_mode")  # inline and task-per-run
+
 
 def gated():
     """An agent named `blocked` whose runs wait until its gate (an asyncio.Event) is set."""
@@ -182,10 +184,9 @@ async def test_fifo_handover_and_cancelled_waiter():
         admission.release("", "a")
 
     tasks = [asyncio.ensure_future(waiter(i)) for i in range(4)]
-    await asyncio.sleep(0.01)
+    await wait_until(lambda: admission.waiting == 4, "four waiters queued")
     tasks[1].cancel()
-    await asyncio.sleep(0.01)
-    assert admission.waiting == 3
+    await wait_until(lambda: admission.waiting == 3, "the cancelled waiter to leave the queue")
     admission.release("", "a")
     await asyncio.gather(tasks[0], tasks[2], tasks[3])
     assert order == [0, 2, 3]

@@ -11,6 +11,8 @@ from agent_runtime import EventType, RunCancelled, RunStatus, RunTimeout, Sessio
 from conftest import runtime_pb2 as pb
 from conftest import stub, wait_until
 
+pytestmark = pytest.mark.usefixtures("run_mode")  # inline and task-per-run
+
 
 class Recorder:
     def __init__(self) -> None:
@@ -130,7 +132,7 @@ async def test_agent_ignoring_cancellation_is_abandoned_and_slot_freed(caplog):
     assert "ignored cancellation" in caplog.text
     assert len(manager._abandoned) == 1
     release.set()
-    await wait_until(lambda: not manager._abandoned, "the abandoned agent to end", timeout=1)
+    await wait_until(lambda: not manager._abandoned, "the abandoned agent to end")
     assert not manager._abandoned and recorder.ends() == [RunStatus.TIMEOUT]
 
 

@@ -13,6 +13,8 @@ from agent_runtime import RunTimeout, SessionManager
 from conftest import runtime_pb2 as pb
 from conftest import stub, wait_until
 
+pytestmark = pytest.mark.usefixtures("run_mode")  # inline and task-per-run
+
 
 class Sleepy:
     name = "sleepy"

@@ -39,6 +39,8 @@ async def test_unary_text_structured_bytes(served, channel_to):
     assert blob.output.binary.data == b"\x00\xffpng" and blob.output.binary.media_type == "image/png"
     run_ids = {text.run_id, data.run_id, blob.run_id}
     assert len(run_ids) == 3 and all(len(r) == 32 for r in run_ids)
+    empty = await client.Invoke(pb.InvokeRequest(agent="echo", input=pb.Payload(text="")))
+    assert empty.output.WhichOneof("kind") == "text" and empty.session_id == empty.run_id
 
 
 async def test_stream_events_in_order(served, channel_to):

@@ -46,3 +46,32 @@ async def test_reflection_can_be_switched_off(serve, grpcurl):
                                                 stderr=asyncio.subprocess.PIPE)
     _, err = await asyncio.wait_for(proc.communicate(), 30)
     assert proc.returncode != 0 and b"does not support the reflection API" in err
+
+
+async def test_describe_answers_a_method_of_every_served_service(serve, grpcurl):
+    """grpcio-reflection alone answers "Symbol not found" for a method (grpc/grpc#34743)."""
+    server = await serve()
+    address = server.address
+    methods = {
+        "agent_runtime.v1.AgentRuntime.Invoke": "rpc Invoke ( .agent_runtime.v1.InvokeRequest )",
+        "grpc.health.v1.Health.Check": "rpc Check ( .grpc.health.v1.HealthCheckRequest )",
+        "grpc.reflection.v1alpha.ServerReflection.ServerReflectionInfo": "rpc ServerReflectionInfo ( stream",
+        "redpanda.runtime.v1alpha1.AgentRuntime.InvokeAgent": "rpc InvokeAgent (",
+        "redpanda.runtime.v1alpha1.Runtime.InvokeAgent": "rpc InvokeAgent (",
+    }
+    services = set((await grpcurl_run(grpcurl, address, "list")).split())
+    assert services == {method.rsplit(".", 1)[0] for method in methods}
+    for method, rpc in methods.items():
+        described = await grpcurl_run(grpcurl, address, "describe", method)
+        assert f"{method} is a method:" in described and rpc in described, described
+    listed = await grpcurl_run(grpcurl, address, "list", "agent_runtime.v1.AgentRuntime")
+    assert "agent_runtime.v1.AgentRuntime.Invoke" in listed.split()
+
+
+async def test_describe_of_an_unknown_method_is_not_found(serve, grpcurl):
+    server = await serve()
+    proc = await asyncio.create_subprocess_exec(grpcurl, "-plaintext", server.address, "describe",
+                                                "agent_runtime.v1.AgentRuntime.Nope",
+                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    _, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode != 0 and b"Symbol not found: agent_runtime.v1.AgentRuntime.Nope" in err

@@ -1,21 +1,26 @@
-"""A run awaited with `result()` executes in its caller's task (runner._drive): it must
-behave as a run in a task of its own does. Its own context and current task, the
-agent's own cancel scopes left alone, the caller's cancellation passed on, and an
-agent that ignores that cancellation abandoned with its slot freed."""
+"""A run awaited with `result()` executes in its caller's task (the inline driver,
+`_inline.drive`): it must behave as a run in a task of its own does. Its own context
+and current task, the agent's own cancel scopes left alone, the caller's cancellation
+passed on, and an agent that ignores that cancellation abandoned with its slot freed.
+Each test also runs with a task per run (`AGENT_RUNTIME_INLINE_RUNS=false`)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextvars
 import logging
+import subprocess
+import sys
 
 import anyio
 import pytest
 
 from agent_runtime import AgentError, EventType, RunStatus, SessionManager, current_run
-
-from conftest import wait_until
+from agent_runtime.config import ConfigError
+from conftest import ROOT, wait_until
 from test_run_containment import Recorder
+
+pytestmark = pytest.mark.usefixtures("run_mode")  # inline and task-per-run
 
 marker: contextvars.ContextVar[str] = contextvars.ContextVar("marker", default="caller")
 
@@ -33,7 +38,7 @@ async def cancel_caller_once_started(manager: SessionManager, started: asyncio.E
     await caller
 
 
-async def test_agent_has_its_own_context_and_one_current_task():
+async def test_agent_has_its_own_context_and_one_current_task(run_mode):
     seen = []
 
     async def agent(input):
@@ -46,7 +51,8 @@ async def test_agent_has_its_own_context_and_one_current_task():
     manager = SessionManager(agent)
     async with manager.session() as session, session.run("x") as runner:
         assert await runner.result() == "x"
-    assert seen[0][0] is seen[1][0] is asyncio.current_task()
+    assert seen[0][0] is seen[1][0]
+    assert (seen[0][0] is asyncio.current_task()) is (run_mode == "inline")  # else a task of its own
     assert seen[0][1] == seen[1][1] == runner.run_id
     assert [s[2] for s in seen] == ["caller", "agent"]
     assert marker.get() == "caller" and current_run() is None  # nothing leaks into the caller
@@ -120,7 +126,7 @@ async def test_agent_ignoring_its_callers_cancellation_is_abandoned(caplog):
     assert manager.admission.in_use == 0 and manager.abandoned == 1
     assert "ignored cancellation" in caplog.text
     release.set()
-    await wait_until(lambda: not manager.abandoned, "the abandoned agent to end", timeout=1)
+    await wait_until(lambda: not manager.abandoned, "the abandoned agent to end")
     assert manager.abandoned == 0
     assert [e.data["status"] for e in recorder.of(EventType.RUN_END)] == [RunStatus.CANCELLED]
 
@@ -175,8 +181,8 @@ async def test_result_admits_a_run_not_entered_and_frees_the_slot():
     session = manager.session()
     first, second = session.run("a"), session.run("b")
     calls = [asyncio.ensure_future(first.result()), asyncio.ensure_future(second.result())]
-    await asyncio.sleep(0.01)
-    assert manager.admission.in_use == 1 and manager.admission.waiting == 1
+    await wait_until(lambda: manager.admission.in_use == 1 and manager.admission.waiting == 1,
+                     "one run running and one queued")
     release.set()
     assert await asyncio.gather(*calls) == ["A", "B"]
     assert second.queue_wait > 0
@@ -195,7 +201,7 @@ async def test_result_refused_holds_nothing():
     manager = SessionManager(agent, max_concurrency=1, max_queue=0)
     session = manager.session()
     holder = asyncio.ensure_future(session.run("a").result())
-    await asyncio.sleep(0.01)
+    await wait_until(lambda: manager.admission.in_use == 1, "the first run to hold the slot")
     refused = session.run("b")
     with pytest.raises(Overloaded, match="over capacity"):
         await refused.result()
@@ -224,3 +230,12 @@ async def test_a_run_is_admitted_once():
             await entered.__aenter__()
         assert await entered.result() == "y"
     assert manager.admission.in_use == 0 and not manager.runs
+
+
+def test_an_inline_runs_setting_that_is_not_true_or_false_is_refused(monkeypatch):
+    monkeypatch.setenv("AGENT_RUNTIME_INLINE_RUNS", "sometimes")
+    with pytest.raises(ConfigError, match="AGENT_RUNTIME_INLINE_RUNS: 'sometimes' is not valid"):
+        SessionManager(lambda input: input)
+    served = subprocess.run([sys.executable, "-m", "agent_runtime", "serve", "--port", "0", "--metrics-port", "0"],
+                            capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert served.returncode == 2 and "AGENT_RUNTIME_INLINE_RUNS: 'sometimes'" in served.stderr

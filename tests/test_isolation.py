@@ -5,11 +5,14 @@ from __future__ import annotations
 import asyncio
 import random
 
+import pytest
 from google.protobuf import json_format
 
 from agent_runtime import SessionManager, current_run, tool
 from conftest import runtime_pb2 as pb
 from conftest import stub
+
+pytestmark = pytest.mark.usefixtures("run_mode")  # inline and task-per-run
 
 
 @tool

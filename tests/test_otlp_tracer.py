@@ -18,11 +18,14 @@ import grpc
 import pytest
 from opentelemetry import trace
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
+from opentelemetry.proto.trace.v1 import trace_pb2
 from opentelemetry.sdk.trace import sampling
 from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags, TraceState
 
 from agent_runtime import otlp_tracer
+from agent_runtime.protowire import delimited, varint
 from certs import CA
+from conftest import wait_until_sync
 from otlp_spans import HttpOtlpReceiver, OtlpReceiver, ReceivedSpan
 
 REMOTE = SpanContext(0x0AF7651916CD43DD8448EB211C80319C, 0xB7AD6B7169203331, is_remote=True,
@@ -148,7 +151,8 @@ def test_span_api_semantics_follow_the_sdk(provider_for):
     assert "bad input" in exception.attributes["exception.stacktrace"]
     assert received["fails"].status.status_code is StatusCode.ERROR
     assert received["renamed"].attributes == {"a": 1, "b": 2}
-    assert received["renamed"].dropped_attributes == 3  # one attribute, one event and "d" past the limits
+    assert received["renamed"].dropped_attributes == 2  # "c" and "d" past the attribute limit
+    assert received["renamed"].dropped_events == 1  # "two" past the event limit
     assert received["renamed"].status.status_code is StatusCode.OK
     assert [event.name for event in received["renamed"].events] == ["one"]
     assert not ok.is_recording()
@@ -236,9 +240,7 @@ def test_a_full_batch_is_sent_at_once_with_the_headers(provider_for, receiver):
     tracer = provider.get_tracer("t")
     for index in range(10):
         tracer.start_span(f"s{index}").end()
-    deadline = time.monotonic() + 10
-    while not receiver.requests and time.monotonic() < deadline:  # sent by the thread, not a flush
-        time.sleep(0.02)
+    wait_until_sync(lambda: receiver.requests, "the full batch, sent by the thread, not a flush")
     assert len(receiver.spans()) == 10 and len(receiver.requests) == 1
     assert receiver.metadata[0]["api-key"] == "s=cret" and receiver.metadata[0]["tenant"] == "t1"
     assert receiver.spans()[0].resource == {"service.name": "svc", "pods": 3}
@@ -265,6 +267,61 @@ def test_transient_failures_are_retried(provider_for, receiver):
     provider.get_tracer("t").start_span("kept").end()
     assert provider.force_flush()
     assert [span.name for span in receiver.spans()] == ["kept"]
+
+
+def test_grpc_retry_waits_as_long_as_the_collectors_retry_info_asks(provider_for, receiver):
+    receiver.fail_next, receiver.retry_delay = 1, 0.6  # longer than the first backoff's most (0.6 s)
+    provider = provider_for(OTEL_BSP_SCHEDULE_DELAY="600000")
+    provider.get_tracer("t").start_span("kept").end()
+    assert provider.force_flush()
+    first, second = receiver.arrivals
+    assert second - first >= 0.6 and [span.name for span in receiver.spans()] == ["kept"]
+
+
+def test_http_retry_waits_as_long_as_retry_after_asks():
+    receiver = HttpOtlpReceiver()
+    receiver.fail_next, receiver.retry_after = [429], "1"
+    provider = otlp_tracer.TracerProvider.from_env({
+        "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf", "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
+        "OTEL_BSP_SCHEDULE_DELAY": "600000"}, {})
+    try:
+        provider.get_tracer("t").start_span("kept").end()
+        assert provider.force_flush()
+    finally:
+        provider.shutdown()
+        receiver.stop()
+    first, second = receiver.arrivals
+    assert second - first >= 1 and len(receiver.requests) == 1
+
+
+def test_backoff_without_a_hint_is_half_a_second_give_or_take_its_jitter():
+    receiver = HttpOtlpReceiver()
+    provider = otlp_tracer.TracerProvider.from_env({
+        "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf", "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
+        "OTEL_BSP_SCHEDULE_DELAY": "600000"}, {})
+    try:
+        for _ in range(3):
+            receiver.fail_next = [503]
+            provider.get_tracer("t").start_span("kept").end()
+            assert provider.force_flush()
+    finally:
+        provider.shutdown()
+        receiver.stop()
+    arrivals = receiver.arrivals
+    waits = [arrivals[1] - arrivals[0], arrivals[3] - arrivals[2], arrivals[5] - arrivals[4]]
+    assert all(0.4 <= wait < 0.9 for wait in waits)  # 0.5 s, give or take 20 % (and the send)
+    assert len(receiver.requests) == 3
+
+
+def test_shutdown_cuts_a_retry_backoff_short(provider_for, receiver, caplog):
+    receiver.fail_next, receiver.retry_delay = 100, 60.0
+    provider = provider_for(OTEL_BSP_SCHEDULE_DELAY="10", OTEL_EXPORTER_OTLP_TIMEOUT="120")
+    provider.get_tracer("t").start_span("lost").end()
+    wait_until_sync(lambda: receiver.arrivals, "the export thread's first attempt (then its backoff)")
+    started = time.monotonic()
+    provider.shutdown()
+    assert time.monotonic() - started < 10  # not the 60 s the collector asked for
+    assert "exporting spans to" in caplog.text and receiver.spans() == []
 
 
 def test_an_unreachable_receiver_costs_a_bounded_wait_and_loses_only_spans(caplog):
@@ -329,3 +386,12 @@ def test_export_over_mutual_tls(tmp_path, protocol):
     finally:
         provider.shutdown()
         receiver.stop()
+
+
+def test_varints_at_every_length_boundary_decode_as_written():
+    for n in (0, 1, 127, 128, 16_383, 16_384, 2**21 - 1, 2**21, 2**63):
+        payload = b"x" * n if n < 70_000 else b""
+        if payload:
+            assert trace_service_pb2.ExportTraceServiceRequest.FromString(
+                delimited(b"\x0a", delimited(b"\x1a", payload))).resource_spans[0].schema_url == payload.decode()
+        assert trace_pb2.Span.FromString(b"\x50" + varint(n)).dropped_attributes_count == n % 2**32

@@ -10,6 +10,8 @@ from agent_runtime import (AgentError, EventType, RunStatus, SessionManager, as_
                            emit_chunk, emit_event)
 from agent_runtime.errors import RunCancelled
 
+pytestmark = pytest.mark.usefixtures("run_mode")  # inline and task-per-run
+
 
 class Recorder:
     def __init__(self) -> None:

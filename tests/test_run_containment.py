@@ -16,6 +16,8 @@ from agent_runtime import (AgentError, EventType, RunCancelled, RunStatus, RunTi
 from conftest import runtime_pb2 as pb
 from conftest import stub, wait_until
 
+pytestmark = pytest.mark.usefixtures("run_mode")  # inline and task-per-run
+
 
 class Recorder:
     def __init__(self) -> None:

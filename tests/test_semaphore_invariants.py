@@ -17,11 +17,14 @@ import random
 from collections import Counter
 
 import grpc
+import pytest
 
 from agent_runtime import (AgentRuntimeError, EventType, Overloaded, RunStatus, SessionManager,
                            current_run, emit_chunk)
 from conftest import runtime_pb2 as pb
 from conftest import stub
+
+pytestmark = pytest.mark.usefixtures("run_mode")  # inline and task-per-run
 
 LIMIT = 4
 SETTINGS = dict(max_concurrency=LIMIT, max_queue=12, queue_timeout=0.5, per_user_limit=5,

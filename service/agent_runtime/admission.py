@@ -35,9 +35,9 @@ class Admission:
         self._hold_ewma = 0.1
         self._full: tuple[tuple[int, int] | None, str] = (None, "")
         # `refuses_every_run()`, kept up to date as it changes, so a server can ask it of
-        # every call it takes by reading an attribute (calling the method cost every served
-        # call about 1.3k instructions). Its users must let it decide a cost, never an
-        # outcome: the stand-ins it chooses check `refusal()` again before they refuse.
+        # every call it takes by reading an attribute rather than calling a method. Its
+        # users must let it decide a cost, never an outcome: the stand-ins it chooses
+        # check `refusal()` again before they refuse.
         self.closed = False
 
     @property

@@ -19,6 +19,7 @@ TracerProvider with its own processors) is used as it is; this one is what
 
 from __future__ import annotations
 
+import email.utils
 import gzip
 import http.client
 import logging
@@ -30,17 +31,15 @@ import time
 import traceback
 from collections import deque
 from operator import itemgetter
-from typing import Any, Callable, Iterator, Mapping, Protocol, Sequence
+from typing import Any, Callable, Iterator, Mapping, NamedTuple, Protocol, Sequence
 from urllib.parse import unquote, urlparse
 
 import grpc
+from google.protobuf.message import DecodeError
+from google.rpc import error_details_pb2, status_pb2
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags, TraceState
-# The key under which the API keeps a Context's span: private to it, but what its own
-# get_current_span reads (reading it here saves three calls a span; the tests of
-# nested and continued spans fail if the API changes it).
-from opentelemetry.trace.propagation import _SPAN_KEY
 
 from .protowire import SMALL as _SMALL
 from .protowire import delimited as _delimited
@@ -194,7 +193,8 @@ class Span(trace.Span):
     """A recording span; `end()` encodes it and hands it to the export queue."""
 
     __slots__ = ("_tracer", "_name", "_kind", "trace_id", "span_id", "_parent", "_trace_state",
-                 "_start", "_end", "_attributes", "_sets", "_events", "_links", "_status", "_dropped", "_context")
+                 "_start", "_end", "_attributes", "_sets", "_events", "_links", "_status", "_dropped", "_dropped_events",
+                 "_context")
 
     def __init__(self, tracer: "Tracer", name: str, kind: SpanKind, trace_id: int, span_id: int,
                  parent: "SpanContext | Span | None", trace_state: TraceState, attributes: dict[str, Any],
@@ -213,7 +213,8 @@ class Span(trace.Span):
         self._events: list[bytes] | None = None
         self._links = links
         self._status: Status | None = None
-        self._dropped = 0  # attributes and events past the limits
+        self._dropped = 0  # attributes past the limit
+        self._dropped_events = 0
         self._context: SpanContext | None = None
 
     # The parts of the SDK's ReadableSpan that span processors read.
@@ -309,7 +310,7 @@ class Span(trace.Span):
         if events is None:
             events = self._events = []
         elif len(events) >= self._tracer.limits[1]:
-            self._dropped += 1
+            self._dropped_events += 1
             return
         event = b"\x09" + _fixed64(time.time_ns() if timestamp is None else timestamp) + _delimited(
             b"\x12", name.encode("utf-8", "replace"))
@@ -373,18 +374,23 @@ class Span(trace.Span):
             kind = type(item[1])  # (values of other types may not hash)
             cache = _ENCODED_TEXT if kind is str else caches.get(kind)
             parts.append(cache is not None and cache.get(item) or _span_attribute(item))
+        if self._dropped:
+            parts += (b"\x50", _varint(self._dropped))
         if self._events:
             parts += self._events
+        if self._dropped_events:
+            parts += (b"\x60", _varint(self._dropped_events))
         for link in self._links:
             linked = link.context
             body = _ids(0x0A10, linked.trace_id >> 64, linked.trace_id & _MASK64, 0x1208, linked.span_id)
             if link.attributes:
                 body += _attributes(b"\x22", link.attributes)
-            parts.append(_delimited(b"\x6a", body + b"\x35" + _fixed32(int(linked.trace_flags))))
-        if self._dropped:
-            parts += (b"\x50", _varint(self._dropped))
+            link_flags = int(linked.trace_flags) | (_HAS_IS_REMOTE | _IS_REMOTE if linked.is_remote else _HAS_IS_REMOTE)
+            parts.append(_delimited(b"\x6a", body + b"\x35" + _fixed32(link_flags)))
         status = self._status
-        if status is not None:
+        if status is None:
+            parts.append(b"\x7a\x00")  # UNSET, sent as the SDK sends it: an empty Status
+        else:
             body = b"\x18" + _SMALL[status.status_code.value]
             if status.description:
                 body = _delimited(b"\x12", status.description.encode("utf-8", "replace")) + body
@@ -468,8 +474,7 @@ class Tracer(trace.Tracer):
                    kind: SpanKind = SpanKind.INTERNAL, attributes: Mapping[str, Any] | None = None,
                    links: Sequence[trace.Link] | None = None, start_time: int | None = None,
                    record_exception: bool = True, set_status_on_exception: bool = True) -> trace.Span:
-        # The parent as `trace.get_current_span(context)` finds it, three calls fewer.
-        parent_span = (otel_context.get_current() if context is None else context).get(_SPAN_KEY)
+        parent_span = trace.get_current_span(context)
         if type(parent_span) is Span:  # one of ours (recording, so sampled): no SpanContext to build
             parent, trace_id, state, sampled = parent_span, parent_span.trace_id, parent_span._trace_state, True
         else:
@@ -596,13 +601,13 @@ class BatchExport:
         self._queue: deque[tuple[bytes, bytes]] = deque()
         self._wake = threading.Event()
         self._sending = threading.Lock()
-        self._stopped = False
+        self._stopping = threading.Event()  # set by shutdown: it cuts a retry's backoff short
         self._thread = threading.Thread(target=self._work, name="otlp-span-export", daemon=True)
         self._thread.start()
 
     def add(self, scope: bytes, span: bytes) -> None:
         queue = self._queue
-        if len(queue) >= self.max_queue or self._stopped:
+        if len(queue) >= self.max_queue or self._stopping.is_set():
             if not self.dropped:
                 logger.warning("the span export queue is full (%d spans): dropping spans", self.max_queue)
             self.dropped += 1
@@ -612,7 +617,7 @@ class BatchExport:
             self._wake.set()
 
     def _work(self) -> None:
-        while not self._stopped:
+        while not self._stopping.is_set():
             self._wake.wait(self.delay)
             self._wake.clear()
             self._send_queued(time.monotonic() + self.timeout)
@@ -623,7 +628,8 @@ class BatchExport:
         with self._sending:
             while queue and time.monotonic() < deadline:
                 batch = [queue.popleft() for _ in range(min(self.batch_size, len(queue)))]
-                if not send_retrying(self.transport, export_request(self.resource, batch), deadline):
+                if not send_retrying(self.transport, export_request(self.resource, batch), deadline,
+                                     self._stopping):
                     ok = False
         return ok and not queue
 
@@ -632,9 +638,9 @@ class BatchExport:
 
     def shutdown(self) -> None:
         """Stop the thread, send what is left (bounded by the export timeout); idempotent."""
-        if self._stopped:
+        if self._stopping.is_set():
             return
-        self._stopped = True
+        self._stopping.set()
         self._wake.set()
         self._thread.join(self.timeout)
         self._send_queued(time.monotonic() + self.timeout)
@@ -645,27 +651,71 @@ class Transport(Protocol):
     endpoint: str
     timeout: float  # seconds one request may take
 
-    def attempt(self, body: bytes, timeout: float) -> tuple[bool, str] | None:
-        """Send `body` once: None when sent, else whether to retry and why it failed."""
+    def attempt(self, body: bytes, timeout: float) -> "Failure | None":
+        """Send `body` once: None when sent, else how it failed."""
 
     def close(self) -> None: ...
 
 
-def send_retrying(transport: Transport, body: bytes, deadline: float) -> bool:
-    """Send one encoded ExportTraceServiceRequest, retrying transient failures with
-    backoff until the request's own timeout or the batch's `deadline`."""
+class Failure(NamedTuple):
+    retry: bool  # a transient failure, worth another attempt
+    reason: str
+    retry_after: float | None = None  # seconds the collector asked for (RetryInfo, Retry-After)
+
+
+def send_retrying(transport: Transport, body: bytes, deadline: float, stopping: threading.Event) -> bool:
+    """Send one encoded ExportTraceServiceRequest, retrying transient failures until the
+    request's own timeout or the batch's `deadline`, as the SDK's exporters do: after the
+    delay the collector asked for, else an exponential backoff with 20 % jitter (so
+    exporters of many pods do not retry in step). Shutdown (`stopping`) cuts a backoff
+    short and ends the retries."""
     deadline = min(deadline, time.monotonic() + transport.timeout)
-    delay = 0.5
+    backoff = _FIRST_BACKOFF
     while True:
-        error = transport.attempt(body, max(deadline - time.monotonic(), 0.001))
-        if error is None:
+        failure = transport.attempt(body, max(deadline - time.monotonic(), 0.001))
+        if failure is None:
             return True
-        retry, reason = error
-        if not retry or time.monotonic() + delay >= deadline:
-            logger.warning("exporting spans to %s failed: %s", transport.endpoint, reason)
+        delay = failure.retry_after
+        if delay is None:
+            delay = backoff * random.uniform(0.8, 1.2)
+            backoff *= 2
+        if not failure.retry or time.monotonic() + delay >= deadline or stopping.wait(delay):
+            logger.warning("exporting spans to %s failed: %s", transport.endpoint, failure.reason)
             return False
-        time.sleep(delay)
-        delay *= 2
+
+
+_FIRST_BACKOFF = 0.5  # seconds
+
+
+def _grpc_retry_delay(error: grpc.RpcError) -> float | None:
+    """The delay a google.rpc.RetryInfo in the status details asks for, if any."""
+    for key, value in error.trailing_metadata() or ():
+        if key == "grpc-status-details-bin":
+            try:
+                details = status_pb2.Status.FromString(value).details
+            except DecodeError:
+                return None
+            for detail in details:
+                if detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+                    info = error_details_pb2.RetryInfo()
+                    detail.Unpack(info)
+                    return info.retry_delay.ToTimedelta().total_seconds()
+    return None
+
+
+def _http_retry_delay(value: str | None) -> float | None:
+    """Retry-After, in seconds or as an HTTP date."""
+    if not value:
+        return None
+    try:
+        return max(float(value), 0.0)
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(when.timestamp() - time.time(), 0.0)
 
 
 class GrpcTransport:
@@ -679,11 +729,12 @@ class GrpcTransport:
         self._export = self._channel.unary_unary(_EXPORT_METHOD)  # bytes in, bytes out
         self._headers = tuple(headers)
 
-    def attempt(self, body: bytes, timeout: float) -> tuple[bool, str] | None:
+    def attempt(self, body: bytes, timeout: float) -> Failure | None:
         try:
             self._export(body, timeout=timeout, metadata=self._headers)
         except grpc.RpcError as exc:
-            return exc.code() in _RETRYABLE_GRPC, f"{exc.code().name}: {exc.details()}"
+            return Failure(exc.code() in _RETRYABLE_GRPC, f"{exc.code().name}: {exc.details()}",
+                           _grpc_retry_delay(exc))
         return None
 
     def close(self) -> None:
@@ -706,7 +757,7 @@ class HttpTransport:
         self._gzip = gzip_body
         self._connection: http.client.HTTPConnection | None = None
 
-    def attempt(self, body: bytes, timeout: float) -> tuple[bool, str] | None:
+    def attempt(self, body: bytes, timeout: float) -> Failure | None:
         if self._gzip:
             body = gzip.compress(body)
         try:
@@ -721,10 +772,11 @@ class HttpTransport:
             response.read()
         except (OSError, http.client.HTTPException) as exc:
             self.close()
-            return True, f"{type(exc).__name__}: {exc}"
+            return Failure(True, f"{type(exc).__name__}: {exc}")
         if 200 <= response.status < 300:
             return None
-        return response.status in _RETRYABLE_HTTP, f"HTTP {response.status} {response.reason}"
+        return Failure(response.status in _RETRYABLE_HTTP, f"HTTP {response.status} {response.reason}",
+                       _http_retry_delay(response.getheader("Retry-After")))
 
     def close(self) -> None:
         if self._connection is not None:

@@ -6,11 +6,12 @@ with its slot freed. Whatever the outcome (ok, error, cancelled, timeout) the
 Runner emits `run.end` once and gives the slot back once.
 
 A run the caller awaits (`result()`) executes in the caller's own task, in a
-context of its own that `_drive` steps it in, as a task of its own would: a task
-per run, and the two wake-ups it costs, were a third of the runtime's overhead on
-a unary call. A streamed run (`events()`) gets its own task, since the agent and
-the reader go on at once. The agent sees the same either way: its own
-contextvars, one current task from start to end, cancellation at an `await`.
+context of its own that the inline driver (`_inline.drive`) steps it in, as a task
+of its own would; with `inline_runs` off (`AGENT_RUNTIME_INLINE_RUNS=false`) it gets
+an asyncio task of its own, eagerly started on Python 3.12+. A streamed run
+(`events()`) gets its own task, since the agent and the reader go on at once. The
+agent sees the same either way: its own contextvars, one current task from start
+to end, cancellation at an `await`.
 
 Cancellation contract for agent code: a run is cancelled by raising
 `asyncio.CancelledError` at an `await`; agents should let it propagate (after
@@ -30,11 +31,12 @@ import asyncio
 import concurrent.futures
 import contextvars
 import logging
+import sys
 import time
-import types
 from threading import get_ident
 from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Coroutine, Mapping
 
+from . import _inline
 from .agent import AgentSpec, CallKind
 from .context import RunContext, _current, new_id
 from .errors import AgentError, AgentRuntimeError, Draining, RunCancelled, RunTimeout, StreamOverflow
@@ -51,57 +53,13 @@ _END_STATUS = {RunTimeout: RunStatus.TIMEOUT, RunCancelled: RunStatus.CANCELLED}
 _new_event = tuple.__new__
 
 
-@types.coroutine
-def _drive(context: contextvars.Context, coro: Coroutine[Any, Any, Any], pending: Any,
-           runner: "Runner | None" = None) -> Any:
-    """Await `coro`, which has taken its first step and waits on `pending`, stepping it
-    in `context` as a task of its own would, but inside the awaiting task.
-
-    What is thrown at the awaiting task (a cancellation) goes on into `coro`. Once a
-    cancellation is outstanding (this run's, its caller's, or one of the agent's own
-    cancel scopes'), `coro` is awaited through a stand-in future: if the cancellation
-    is still outstanding when `runner` abandons the run, the stand-in wakes the
-    caller and `coro` goes on in a task of its own (`_detached`), undisturbed."""
-    step = context.run
-    try:
-        while True:
-            waited = pending
-            if runner is not None:
-                if runner._grace_timer is None and runner._caller_cancelled():
-                    # Not this run's cancellation: the agent's own cancel scopes take theirs
-                    # back soon; one still outstanding at the grace is being ignored.
-                    runner._arm_grace()
-                if runner._grace_timer is not None and hasattr(pending, "add_done_callback"):
-                    waited = _stand_in(pending)
-            try:
-                sent = yield waited
-            except BaseException as exc:
-                if runner is not None and runner._abandoned:
-                    runner._detach(context, coro, pending)
-                    raise
-                if waited is not pending and isinstance(exc, asyncio.CancelledError):
-                    pending.cancel()  # as a task's cancel() cancels what it waits on
-                pending = step(coro.throw, exc)
-            else:
-                pending = step(coro.send, sent)
-    except StopIteration as stop:
-        return stop.value
-
-
-def _stand_in(future: asyncio.Future) -> asyncio.Future:
-    """A future done when `future` is, and cancellable without cancelling it."""
-    stand_in = future.get_loop().create_future()
-    future.add_done_callback(lambda _: stand_in.done() or stand_in.set_result(None))
-    future._asyncio_future_blocking = False
-    stand_in._asyncio_future_blocking = True
-    return stand_in
-
-
-async def _detached(context: contextvars.Context, coro: Coroutine[Any, Any, Any], pending: Any) -> None:
-    try:
-        await _drive(context, coro, pending)
-    except (AgentRuntimeError, asyncio.CancelledError):
-        pass  # the run has ended; how its abandoned agent ends at last is moot
+def _start_task(loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, Any],
+                context: contextvars.Context) -> asyncio.Task:
+    """A task of the run's own for `result()` with `inline_runs` off; on Python 3.12+
+    eagerly started, so its first step is taken at once, as the inline driver takes it."""
+    if sys.version_info >= (3, 12):
+        return asyncio.Task(coro, loop=loop, context=context, eager_start=True)
+    return loop.create_task(coro, context=context)
 
 
 class Runner:
@@ -261,7 +219,9 @@ class Runner:
                 if ok:
                     return value
                 raise value
-            try:  # started by events(): its outcome
+            if self._buffer is None and self._running:  # started by result() in a task of its own
+                raise RuntimeError("this run's result is already being awaited")
+            try:  # started by events(), or by result() in a task of its own: its outcome
                 return await self._done
             except asyncio.CancelledError:
                 self._cancel_for_caller()
@@ -274,6 +234,8 @@ class Runner:
                 self._hold()
             else:
                 await self._queue_for_slot()
+        if not self.manager.inline_runs:
+            return await self._result_of_task(reply)
         self._task, self._inline = task, True
         cancelling = task.cancelling()
         if cancelling:
@@ -290,7 +252,8 @@ class Runner:
             except StopIteration as stop:
                 output = stop.value
             else:
-                output = await _drive(context, coro, pending, self)
+                output = await _inline.drive(context, coro, pending, self._cancel_outstanding,
+                                             lambda: self._abandoned, self._track_abandoned)
             answer = output if reply is None else reply(self, output)
         except BaseException as exc:
             failure = context.run(self._failed, exc)
@@ -316,6 +279,25 @@ class Runner:
                 self._uncancel()
             if not self._abandoned:
                 self._release()
+
+    async def _result_of_task(self, reply: Callable[["Runner", Any], Any] | None) -> Any:
+        """`result()` with the agent in an asyncio task of its own (`inline_runs` off), as
+        `events()` runs it. A cancelled caller waits, as an inline one does, until the
+        agent has ended or been abandoned, so the slot is never freed early."""
+        context = self._begin(False)
+        loop = asyncio.get_running_loop()
+        self._loose_ends = True
+        done = self._done = loop.create_future()
+        task = self._task = _start_task(loop, self._execute(reply), context)
+        task.add_done_callback(self._on_task_done, context=context)
+        try:
+            return await asyncio.shield(done)
+        except asyncio.CancelledError:
+            self._cancel_for_caller()
+            if self._admitted:
+                self._released = loop.create_future()
+                await self._released
+            raise
 
     async def events(self) -> AsyncIterator[RunEvent]:
         """Run the agent and yield every event of the run, `run.start` to `run.end`."""
@@ -419,19 +401,21 @@ class Runner:
             return self._drain(agent.call(self.input))
         return self.manager.threads.call(agent.call, self.input)
 
-    async def _execute(self) -> Any:
-        """The agent's run in a task of its own (events()), ended as result() ends it inline."""
+    async def _execute(self, reply: Callable[["Runner", Any], Any] | None = None) -> Any:
+        """The agent's run in a task of its own (events(), or result() with inline runs off),
+        ended as result() ends it inline; with `reply`, returns the reply made before the end."""
         try:
             output = await self._agent_coroutine()
             if self._cancel_status is not None:  # cancelled after its last await (an overflow, say)
                 raise asyncio.CancelledError
+            answer = output if reply is None else reply(self, output)
         except BaseException as exc:
             failure = self._failed(exc)
             if failure is exc:
                 raise
             raise failure from exc
         self._end(RunStatus.OK, output, "")
-        return output
+        return answer
 
     def _failed(self, exc: BaseException) -> BaseException:
         """End the run for what its agent raised; returns what its caller gets: a
@@ -588,8 +572,8 @@ class Runner:
                     done.set_exception(exc)
         if self._abandoned:
             return
-        buffer = self._buffer
-        if buffer.size and not buffer.closed:
+        buffer = self._buffer  # none when result() ran the agent in a task (inline runs off)
+        if buffer is not None and buffer.size and not buffer.closed:
             # The slot covers what the caller has yet to read, not only the agent's time.
             self._running = False
             buffer.on_drained = self._release
@@ -647,7 +631,7 @@ class Runner:
         """Free a run whose agent ignores cancellation; the agent is left to finish alone."""
         if not self._running or self._abandoned:
             return
-        if self._cancel_status is None:  # a cancellation this run did not ask for (`_drive`)
+        if self._cancel_status is None:  # a cancellation this run did not ask for (`_inline`)
             if not self._caller_cancelled():
                 self._grace_timer = None  # taken back: it was the agent's own
                 return
@@ -658,18 +642,23 @@ class Runner:
                      "and freeing its slot", self.run_id, self.agent.name, self.manager.cancel_grace)
         self._end(self._cancel_status or RunStatus.CANCELLED, None, error.message)
         if self._inline:
-            self._cancel_task()  # the caller wakes, and `_drive` hands the agent to `_detach`
+            self._cancel_task()  # the caller wakes, and `_inline.drive` detaches the agent
         else:
             if not self._done.done():
                 self._done.set_exception(error)
             self._track_abandoned(self._task)
         self._release()
 
-    def _detach(self, context: contextvars.Context, coro: Coroutine[Any, Any, Any], pending: Any) -> None:
-        """Go on with an abandoned inline run's agent, waiting on `pending`, in a task of its own."""
-        if hasattr(pending, "_asyncio_future_blocking"):
-            pending._asyncio_future_blocking = True  # as the agent's `await` left it
-        self._track_abandoned(asyncio.get_running_loop().create_task(_detached(context, coro, pending)))
+    def _cancel_outstanding(self) -> bool:
+        """Whether an inline run's agent has a cancellation outstanding that its grace is
+        counting; a caller's cancellation not yet seen (or an agent's own cancel scope's,
+        taken back soon) starts the grace, which abandons the agent if it is still
+        outstanding by then."""
+        if self._grace_timer is None:
+            if self._task.cancelling() <= self._cancelling + self._cancels:  # `_caller_cancelled`, a call less a step
+                return False
+            self._arm_grace()
+        return True
 
     def _track_abandoned(self, task: asyncio.Task) -> None:
         abandoned = self.manager._abandoned

@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from typing import Any, Iterable, Mapping, Sequence
 
 from .admission import Admission
 from .agent import AgentSpec, agents_from
+from .config import ConfigError
 from .context import new_id
 from .errors import AgentNotFound, Draining, InvalidInput
 from .events import BufferedBytes, EventSink, EventType, routes
@@ -26,6 +28,19 @@ from .runner import Runner
 from .workers import WorkerThreads
 
 logger = logging.getLogger("agent_runtime.session")
+
+INLINE_RUNS_ENV = "AGENT_RUNTIME_INLINE_RUNS"
+
+
+def inline_runs_from_env() -> bool:
+    """`AGENT_RUNTIME_INLINE_RUNS`: whether awaited runs execute in their caller's task
+    (the default, and the fast path) or each in an asyncio task of its own."""
+    text = os.environ.get(INLINE_RUNS_ENV, "").strip().lower()
+    if text in ("", "1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{INLINE_RUNS_ENV}: {text!r} is not valid: expected true or false")
 
 
 class Session:
@@ -69,13 +84,17 @@ class SessionManager:
 
     The agents are given as one agent, a list or a name mapping; or, as in NeMo
     Agent Toolkit, as `config` built by `shared_builder.build(config)`.
+
+    `inline_runs` (default: `AGENT_RUNTIME_INLINE_RUNS`, else on) runs an awaited run's
+    agent in its caller's task, the fast path; off, each agent runs in an asyncio task
+    of its own, the standard path (`_inline.py` says why both exist).
     """
 
     def __init__(self, agent: Any = None, *, config: Any = None, shared_builder: Any = None,
                  max_concurrency: int = 8, max_queue: int = 100, queue_timeout: float = 30.0,
                  per_user_limit: int = 0, default_timeout: float | None = None,
                  cancel_grace: float = 5.0, sinks: Iterable[EventSink] = (),
-                 history: HistoryStore | None = None) -> None:
+                 history: HistoryStore | None = None, inline_runs: bool | None = None) -> None:
         if agent is None:
             if shared_builder is not None:
                 agent = shared_builder.build(config)
@@ -93,6 +112,7 @@ class SessionManager:
                                    queue_timeout=queue_timeout, per_user_limit=per_user_limit)
         self.default_timeout = default_timeout or None
         self.cancel_grace = cancel_grace
+        self.inline_runs = inline_runs_from_env() if inline_runs is None else inline_runs
         self.sinks: list[EventSink] = list(sinks)
         self.routes: dict[EventType, tuple[EventSink, ...]] = routes(self.sinks)
         self.history: HistoryStore = history if history is not None else InMemoryHistory()

@@ -263,13 +263,19 @@ def _exporter(name: str, environ: Mapping[str, str]) -> Any:
     raise ValueError(f"OTEL_EXPORTER_OTLP_PROTOCOL: {protocol!r} is not supported (grpc or http/protobuf)")
 
 
+TRACER_ENV = "AGENT_RUNTIME_TRACER"
+
+
 def provider_from_env(environ: Mapping[str, str] | None = None) -> Any:
     """A TracerProvider exporting as the OTEL_* variables say, or None when they ask for none.
 
-    OTLP export (the default exporter) is `otlp_tracer`'s: it reads the exporter,
-    sampler (`OTEL_TRACES_SAMPLER`), batch and span-limit variables itself. The console
-    exporter is the SDK's. The resource is the SDK's detection (`OTEL_SERVICE_NAME`,
-    `OTEL_RESOURCE_ATTRIBUTES`). The caller owns the provider and shuts it down.
+    `AGENT_RUNTIME_TRACER=sdk` makes it the OpenTelemetry SDK's (TracerProvider,
+    BatchSpanProcessor, the OTLP exporters), the reference path. By default (`builtin`)
+    OTLP export alone is `otlp_tracer`'s, the fast path, which a conformance test
+    holds to the SDK's spans: it reads the exporter, sampler (`OTEL_TRACES_SAMPLER`),
+    batch and span-limit variables itself. The console exporter is the SDK's. The
+    resource is the SDK's detection (`OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES`).
+    The caller owns the provider and shuts it down.
     """
     environ = os.environ if environ is None else environ
     if not tracing_requested(environ):
@@ -278,10 +284,13 @@ def provider_from_env(environ: Mapping[str, str] | None = None) -> Any:
 
     names = [name.strip() for name in environ.get("OTEL_TRACES_EXPORTER", "otlp").split(",")]
     names = [name for name in names if name and name != "none"]
+    tracer = environ.get(TRACER_ENV, "").strip().lower() or "builtin"
+    if tracer not in ("builtin", "sdk"):
+        raise ValueError(f"{TRACER_ENV}: {tracer!r} is not supported (builtin or sdk)")
     resource = Resource.create()
     if str(resource.attributes.get(SERVICE_NAME, "")).startswith("unknown_service"):
         resource = resource.merge(Resource({SERVICE_NAME: DEFAULT_SERVICE_NAME}))
-    if set(names) == {"otlp"}:
+    if set(names) == {"otlp"} and tracer == "builtin":
         from .otlp_tracer import TracerProvider as OtlpTracerProvider
 
         provider = OtlpTracerProvider.from_env(environ, resource.attributes)

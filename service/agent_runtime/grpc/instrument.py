@@ -44,7 +44,7 @@ class RpcObserver(Protocol):
 # The call's metadata as gRPC converted it for the method lookup (`HandlerCallDetails`),
 # kept when an observer wants it. grpc.aio looks the method up in the call's own task,
 # before it runs the handler there, so the handler's probes find it here; asking the
-# context converts it all again (11k instructions a call, callgrind says).
+# context converts it all again.
 _call_metadata: contextvars.ContextVar[tuple | None] = contextvars.ContextVar(
     "agent_runtime_call_metadata", default=None)
 

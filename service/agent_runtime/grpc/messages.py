@@ -14,7 +14,6 @@ from ..errors import AgentError, InvalidInput
 from ..events import EventType, RunEvent, RunStatus
 from ..runner import Runner
 from ..payload import to_payload, to_python, to_value
-from ..protowire import SMALL, delimited, varint
 
 MAX_ID_CHARS = 256
 MAX_METADATA_ENTRIES = 64
@@ -75,8 +74,8 @@ def run_request(request: Any) -> tuple[str, str, str, Any, dict[str, str], float
     a MalformedRequest), checked; InvalidInput when it is not valid.
 
     The fields are taken from one `ListFields()`, which lists only those the request
-    sets: each protobuf field read on its own builds an object, set or not (reading all
-    six one by one cost more than the rest of a unary call's run, callgrind says)."""
+    sets: each protobuf field read on its own builds an object, set or not (docs/design.md
+    has what reading the six one by one cost)."""
     if type(request) is MalformedRequest:
         raise InvalidInput(f"request is not a valid InvokeRequest: {request.reason}")
     values: list[Any] = ["", "", "", None, None, None]
@@ -122,47 +121,24 @@ def set_output(target: pb.Payload, output: Any, run_id: str) -> None:
     """Fill `target` (a field of the message being built) with an agent's output; text,
     the common case, is set in place rather than built apart and copied."""
     if type(output) is str:
-        target.text = output
+        try:
+            target.text = output
+        except UnicodeEncodeError as exc:  # lone surrogates: not UTF-8, as protobuf text must be
+            raise AgentError(f"the agent's output cannot be sent: {exc}", run_id=run_id) from None
     else:
         target.CopyFrom(output_payload(output, run_id))
 
 
-def invoke_response(runner: Runner, output: Any) -> bytes:
-    """The reply to Invoke, as wire bytes: the run's ids, output, usage and trace id
-    (when any). Invoke's handler has no response serializer: gRPC sends these bytes.
-
-    Written with protowire, one join of a tuple, rather than built in upb and serialized
-    (about 1k instructions a call less, callgrind says); an output other than text and
-    the usage are still upb's, embedded as they serialize."""
+def invoke_response(runner: Runner, output: Any) -> pb.InvokeResponse:
+    """The reply to Invoke: the run's ids, output, usage and trace id (when any)."""
     run_id = runner.run_id
-    ids = run_id.encode()
-    agent = runner.agent.name.encode()
-    session_id = runner.session_id
-    session = ids if session_id is run_id else session_id.encode()
-    if type(output) is str:
-        try:
-            body = output.encode()
-        except UnicodeEncodeError as exc:
-            raise AgentError(f"the agent's output cannot be sent: {exc}", run_id=run_id) from None
-        n = len(body)
-        size = SMALL[n] if n < 0x80 else varint(n)
-        n += 1 + len(size)  # Payload{text}: its tag, the text's length, the text
-        output_head = b'"' + (SMALL[n] if n < 0x80 else varint(n)) + b"\n" + size
-    else:
-        body = output_payload(output, run_id).SerializeToString()
-        n = len(body)
-        output_head = b'"' + (SMALL[n] if n < 0x80 else varint(n))
-    a, s = len(agent), len(session)
-    reply = b"".join((b"\n", SMALL[len(ids)], ids, b"\x12", SMALL[a] if a < 0x80 else varint(a), agent,
-                      b"\x1a", SMALL[s] if s < 0x80 else varint(s), session, output_head, body))
+    reply = pb.InvokeResponse(run_id=run_id, agent=runner.agent.name, session_id=runner.session_id)
+    set_output(reply.output, output, run_id)
     if runner.input_tokens or runner.output_tokens:
-        reply += delimited(b"*", pb.Usage(input_tokens=runner.input_tokens,
-                                          output_tokens=runner.output_tokens).SerializeToString())
+        reply.usage.input_tokens, reply.usage.output_tokens = runner.input_tokens, runner.output_tokens
     scratch = runner.context.scratch  # empty unless a sink keeps something per run (the trace id)
     if scratch:
-        trace_id = scratch.get("trace_id")
-        if trace_id:
-            reply += delimited(b"2", trace_id.encode())
+        reply.trace_id = scratch.get("trace_id", "")
     return reply
 
 

@@ -71,12 +71,13 @@ class AgentRuntimeServicer:
         self.operator = operator
         self.max_message_bytes = max_message_bytes
 
-    def _reply(self, runner: Runner, output: Any) -> bytes:
+    def _reply(self, runner: Runner, output: Any) -> pb.InvokeResponse:
         """Invoke's reply, made before the run ends: one gRPC would not send (too large)
         fails the run with the status its caller gets, instead of a run logged ok."""
         reply = messages.invoke_response(runner, output)
-        if len(reply) > self.max_message_bytes:
-            raise TooLarge(f"the reply ({len(reply)} bytes) is over the server's max_message_bytes "
+        size = reply.ByteSize()
+        if size > self.max_message_bytes:
+            raise TooLarge(f"the reply ({size} bytes) is over the server's max_message_bytes "
                            f"({self.max_message_bytes})", run_id=runner.run_id)
         return reply
 
@@ -92,8 +93,7 @@ class AgentRuntimeServicer:
         manager = self.manager
         return Runner(manager, manager.agent(agent), input, user_id, session_id, metadata, timeout)
 
-    async def Invoke(self, request: Any, context: grpc.aio.ServicerContext) -> bytes:
-        """The run's reply, already encoded (`messages.invoke_response`)."""
+    async def Invoke(self, request: Any, context: grpc.aio.ServicerContext) -> pb.InvokeResponse:
         runner = None
         try:
             runner = self._run(request, context)
@@ -135,11 +135,12 @@ class AgentRuntimeServicer:
 
 
 def method_handlers(servicer: AgentRuntimeServicer) -> dict[str, grpc.RpcMethodHandler]:
-    """Handlers with request parsing that maps undecodable bytes to INVALID_ARGUMENT.
-    Invoke answers with bytes it encoded itself: it has no response serializer."""
+    """Handlers with request parsing that maps undecodable bytes to INVALID_ARGUMENT."""
     parse = messages.parser
     return {
-        "Invoke": grpc.unary_unary_rpc_method_handler(servicer.Invoke, request_deserializer=parse(pb.InvokeRequest)),
+        "Invoke": grpc.unary_unary_rpc_method_handler(
+            servicer.Invoke, request_deserializer=parse(pb.InvokeRequest),
+            response_serializer=pb.InvokeResponse.SerializeToString),
         "InvokeStream": grpc.unary_stream_rpc_method_handler(
             servicer.InvokeStream, request_deserializer=parse(pb.InvokeRequest),
             response_serializer=pb.InvokeEvent.SerializeToString),
@@ -161,7 +162,8 @@ def unread_handlers(servicer: AgentRuntimeServicer) -> dict[str, grpc.RpcMethodH
     parse = messages.parser(pb.InvokeRequest)
     return {
         "Invoke": grpc.stream_unary_rpc_method_handler(
-            unread(servicer.manager, "", servicer.Invoke), request_deserializer=parse),
+            unread(servicer.manager, "", servicer.Invoke), request_deserializer=parse,
+            response_serializer=pb.InvokeResponse.SerializeToString),
         "InvokeStream": grpc.stream_stream_rpc_method_handler(
             unread(servicer.manager, "", servicer.InvokeStream), request_deserializer=parse,
             response_serializer=pb.InvokeEvent.SerializeToString),

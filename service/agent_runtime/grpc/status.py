@@ -77,8 +77,8 @@ async def abort(context: grpc.aio.ServicerContext, exc: AgentRuntimeError) -> No
         await context.abort(status_code(exc), exc.message, metadata)
     except grpc.aio.AbortError as aborted:
         # gRPC keeps the error on the call's state, and its traceback holds the frames that
-        # hold the call: one reference cycle per abort, left to the cyclic GC (about 8k
-        # instructions a refusal). Its traceback is dropped once gRPC has caught it.
+        # hold the call: one reference cycle per abort, left to the cyclic GC. Its
+        # traceback is dropped once gRPC has caught it.
         asyncio.get_running_loop().call_soon(aborted.with_traceback, None)
         raise
     except Exception:  # gRPC ended the call while the status was being sent
