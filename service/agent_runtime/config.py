@@ -83,6 +83,12 @@ class ServerConfig:
                                      "dropped first)", minimum=1)
     history_max_messages: int = _opt(100, "messages kept per conversation (oldest whole turns "
                                      "dropped first)", minimum=1)
+    store_url: str = _opt("", "redis:// or rediss:// (TLS) URL of a Redis or Valkey that replicas share "
+                          "run state in (conversations, runs, events); empty = all in process")
+    store_password_file: str = _opt("", "file holding the store's password (a mounted Secret), instead "
+                                    "of one in store_url")
+    store_prefix: str = _opt("agent-runtime:", "prefix of every key in the store, so several deployments "
+                             "can share one Redis")
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -100,6 +106,10 @@ class ServerConfig:
             raise ConfigError("tls_client_ca (mutual TLS) needs tls_cert and tls_key")
         if self.auth_token and self.auth_token_file:
             raise ConfigError(f"set either auth_token_file or {env_name('auth_token')}, not both")
+        if self.store_url and not self.store_url.startswith(("redis://", "rediss://")):
+            raise ConfigError("store_url must be a redis:// or rediss:// (TLS) URL")
+        if self.store_password_file and not self.store_url:
+            raise ConfigError("store_password_file needs store_url")
         if self.log_level.lower() not in ("debug", "info", "warning", "error"):
             raise ConfigError(f"log_level must be debug, info, warning or error, got {self.log_level!r}")
 

@@ -43,6 +43,7 @@ from ..history import InMemoryHistory
 from ..metrics import GrpcMetrics, MetricsEndpoint, MetricsSink
 from ..runlog import RunLogSink
 from ..session import SessionManager
+from ..store.connection import Store
 from . import auth, redpanda, tls
 from .instrument import ObservedRegistrar, RpcObserver
 from .servicer import SERVICE_NAME, AgentRuntimeServicer, method_handlers, unread_handlers
@@ -72,6 +73,7 @@ class RuntimeServer:
         if self.config.plugin_handshake:  # a host may launch several: nothing on fixed ports
             self.config = self.config.replace(host="127.0.0.1", port=0, metrics_port=0)
         cfg = self.config
+        self.store = Store.from_config(cfg)
         if manager is None:
             if agents is None:
                 from ..echo import echo_agent
@@ -148,6 +150,9 @@ class RuntimeServer:
         if self._server is not None:
             raise RuntimeError("the server has already started")
         cfg = self.config
+        if self.store is not None:
+            await self.store.check()
+            logger.info("sharing run state in the store at %s", self.store.where)
         credentials = tls.server_credentials(cfg)
         server = grpc.aio.server(options=self.grpc_options(), interceptors=auth.interceptors(cfg))
         registrar = ObservedRegistrar(server, self.observers)
@@ -236,6 +241,7 @@ class RuntimeServer:
             await self._server.stop(grace=FINAL_GRACE)
             self._close_observability()
             await self.manager.aclose()
+            await self._close_store()
             self._stopped.set()
 
     async def abort(self) -> None:
@@ -245,7 +251,13 @@ class RuntimeServer:
             await self._server.stop(grace=0)
             self._close_observability()
             await self.manager.aclose()
+            await self._close_store()
             self._stopped.set()
+
+    async def _close_store(self) -> None:
+        if self.store is not None:
+            store, self.store = self.store, None
+            await store.aclose()
 
     def _close_observability(self) -> None:
         """Stop serving /metrics and flush spans of a provider this server made; idempotent."""
