@@ -1,7 +1,8 @@
 """A real redis-server for the store tests: started on a free loopback port in a
 temporary directory (no persistence), ready once it answers PING, stopped after.
 
-Import the fixture into a test module: `from redis_store import redis_server  # noqa: F401`.
+Import the fixtures into a test module: `from redis_store import redis_server  # noqa: F401`.
+`history_stores` runs a test with conversations in memory and in Redis.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import socket
 import subprocess
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Any, AsyncIterator, Iterator
 
 import pytest
 
@@ -73,3 +74,39 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     server = RedisServer(tmp_path)
     yield server
     server.stop()
+
+
+class HistoryStores:
+    """Makes history stores of one kind, `memory` or `redis` (then on its own redis-server);
+    `settings` are the server settings that make a RuntimeServer use that kind."""
+
+    def __init__(self, kind: str, directory: Path) -> None:
+        self.kind = kind
+        self.redis = RedisServer(directory) if kind == "redis" else None
+        self.settings = {"store_url": self.redis.url} if self.redis is not None else {}
+        self._stores: list[Any] = []
+
+    def make(self, max_messages: int = 100) -> Any:
+        from agent_runtime import InMemoryHistory
+        from agent_runtime.store.connection import Store
+        from agent_runtime.store.history import RedisHistory
+
+        if self.redis is None:
+            return InMemoryHistory(max_messages=max_messages)
+        store = Store(self.redis.url)
+        self._stores.append(store)
+        return RedisHistory(store, max_messages=max_messages)
+
+    async def aclose(self) -> None:
+        for store in self._stores:
+            await store.aclose()
+        if self.redis is not None:
+            self.redis.stop()
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def history_stores(request: Any, tmp_path: Path) -> AsyncIterator[HistoryStores]:
+    """Each test twice: with conversations in memory and in a real Redis."""
+    stores = HistoryStores(request.param, tmp_path)
+    yield stores
+    await stores.aclose()

@@ -89,6 +89,8 @@ class ServerConfig:
                                     "of one in store_url")
     store_prefix: str = _opt("agent-runtime:", "prefix of every key in the store, so several deployments "
                              "can share one Redis")
+    store_history_ttl: float = _opt(86400.0, "seconds a conversation in the store is kept after its last "
+                                    "use (history_max_messages bounds it there too)", minimum=1)
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):

@@ -83,7 +83,7 @@ class RuntimeServer:
                 agents, max_concurrency=cfg.max_concurrency, max_queue=cfg.max_queue,
                 queue_timeout=cfg.queue_timeout, per_user_limit=cfg.per_user_limit,
                 default_timeout=cfg.run_timeout or None, cancel_grace=cfg.cancel_grace,
-                history=InMemoryHistory(cfg.history_max_sessions, cfg.history_max_messages))
+                history=self._history())
         self.manager = manager
         for sink in sinks:
             manager.add_sink(sink)
@@ -116,6 +116,15 @@ class RuntimeServer:
         self._server: grpc.aio.Server | None = None
         self._stopped: asyncio.Event | None = None
         self._shutdown_task: asyncio.Task | None = None
+
+    def _history(self) -> Any:
+        """Conversations in the store when there is one, else in memory."""
+        cfg = self.config
+        if self.store is None:
+            return InMemoryHistory(cfg.history_max_sessions, cfg.history_max_messages)
+        from ..store.history import RedisHistory
+
+        return RedisHistory(self.store, cfg.history_max_messages, cfg.store_history_ttl)
 
     @property
     def address(self) -> str:
