@@ -7,12 +7,13 @@ Import the fixtures into a test module: `from redis_store import redis_server  #
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import socket
 import subprocess
 import time
 from pathlib import Path
-from typing import Any, AsyncIterator, Iterator
+from typing import Any, AsyncIterator, Awaitable, Callable, Iterator
 
 import pytest
 
@@ -110,3 +111,15 @@ async def history_stores(request: Any, tmp_path: Path) -> AsyncIterator[HistoryS
     stores = HistoryStores(request.param, tmp_path)
     yield stores
     await stores.aclose()
+
+
+async def eventually(predicate: Callable[[], Awaitable[Any]], what: str, timeout: float = 10.0) -> Any:
+    """Await `predicate()` every 10 ms until it is truthy, and return that; AssertionError
+    naming `what` after `timeout` s (wait_until for conditions read from the store)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not (value := await predicate()):
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.01)
+    return value

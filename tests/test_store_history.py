@@ -11,8 +11,8 @@ import pytest
 
 from agent_runtime.store.connection import Store
 from agent_runtime.store.history import RedisHistory
-from conftest import runtime_pb2, stub, wait_until
-from redis_store import redis_server  # noqa: F401
+from conftest import runtime_pb2, stub
+from redis_store import eventually, redis_server  # noqa: F401
 
 
 @pytest.fixture
@@ -82,18 +82,11 @@ async def test_an_idle_conversation_expires_and_use_renews_it(stores):
     short = RedisHistory(store, ttl=0.05)
     await short.append("idle", turn(2))
     assert await short.load("idle") == turn(2)
-    exists = [1]
 
-    async def poll() -> None:
-        while True:
-            exists[0] = await store.redis.exists(store.key("history", "idle"))
-            await asyncio.sleep(0.01)
+    async def expired() -> bool:
+        return not await store.redis.exists(store.key("history", "idle"))
 
-    poller = asyncio.create_task(poll())
-    try:
-        await wait_until(lambda: exists[0] == 0, "the idle conversation to expire", timeout=5)
-    finally:
-        poller.cancel()
+    await eventually(expired, "the idle conversation to expire", timeout=5)
     assert await short.load("idle") == []
 
 

@@ -91,6 +91,10 @@ class ServerConfig:
                              "can share one Redis")
     store_history_ttl: float = _opt(86400.0, "seconds a conversation in the store is kept after its last "
                                     "use (history_max_messages bounds it there too)", minimum=1)
+    store_run_ttl: float = _opt(3600.0, "seconds a run's record and events are kept in the store after "
+                                "its last event", minimum=1)
+    store_lease: float = _opt(10.0, "seconds a run's lease lasts; the replica holding the run renews it "
+                              "every third of that", minimum=0.1)
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):

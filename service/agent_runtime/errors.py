@@ -53,6 +53,14 @@ class RunCancelled(AgentRuntimeError):
     """The run was cancelled by its caller or by `CancelRun`."""
 
 
+class RunNotFound(AgentRuntimeError):
+    """No run of that id is known (to this caller)."""
+
+
+class StoreUnavailable(AgentRuntimeError):
+    """The shared store (`store_url`) did not answer."""
+
+
 class Unauthenticated(AgentRuntimeError):
     """Credentials are missing or wrong."""
 

@@ -13,6 +13,7 @@ from ..context import RunContext
 from ..errors import AgentError, InvalidInput
 from ..events import EventType, RunEvent, RunStatus
 from ..runner import Runner
+from ..store.runs import RunRecord
 from ..payload import to_payload, to_python, to_value
 from ..protowire import SMALL, delimited, varint
 
@@ -245,6 +246,23 @@ def event_message(event: RunEvent) -> pb.InvokeEvent:
             return msg
     _FILL[kind](run, data, msg)
     return msg
+
+
+def encoded_event(event: RunEvent) -> bytes:
+    """The event's wire form, as kept in the store."""
+    return event_message(event).SerializeToString()
+
+
+def run_info(record: RunRecord) -> pb.RunInfo:
+    """`GetRun`'s answer: the record, and the run's end from its encoded `ended` event."""
+    info = pb.RunInfo(run_id=record.run_id, agent=record.agent, session_id=record.session_id,
+                      running=record.end is None, replica=record.replica)
+    info.created.FromNanoseconds(int(record.created * 1e9))
+    if record.end is not None:
+        end = pb.InvokeEvent.FromString(record.end)
+        info.ended.CopyFrom(end.time)
+        info.result.CopyFrom(end.ended)
+    return info
 
 
 def agent_info(spec: AgentSpec) -> pb.AgentInfo:

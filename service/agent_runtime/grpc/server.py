@@ -44,7 +44,9 @@ from ..metrics import GrpcMetrics, MetricsEndpoint, MetricsSink
 from ..runlog import RunLogSink
 from ..session import SessionManager
 from ..store.connection import Store
-from . import auth, redpanda, tls
+from ..store.runs import MemoryRuns, RedisRuns, RunRegistry
+from ..store.writer import StoreWriter
+from . import auth, messages, redpanda, tls
 from .instrument import ObservedRegistrar, RpcObserver
 from .servicer import SERVICE_NAME, AgentRuntimeServicer, method_handlers, unread_handlers
 
@@ -87,6 +89,11 @@ class RuntimeServer:
         self.manager = manager
         for sink in sinks:
             manager.add_sink(sink)
+        self.writer = StoreWriter(self.store) if self.store is not None else None
+        self.runs: RunRegistry = (
+            MemoryRuns(messages.encoded_event) if self.store is None else
+            RedisRuns(self.store, self.writer, messages.encoded_event, ttl=cfg.store_run_ttl, lease=cfg.store_lease))
+        manager.add_sink(self.runs)
         self.observers: list[RpcObserver] = []
         if registry is None and (cfg.metrics_port or meter_provider is not None):
             from prometheus_client import CollectorRegistry, ProcessCollector
@@ -162,10 +169,12 @@ class RuntimeServer:
         if self.store is not None:
             await self.store.check()
             logger.info("sharing run state in the store at %s", self.store.where)
+            self.writer.start()
+        self.runs.start()
         credentials = tls.server_credentials(cfg)
         server = grpc.aio.server(options=self.grpc_options(), interceptors=auth.interceptors(cfg))
         registrar = ObservedRegistrar(server, self.observers)
-        servicer = AgentRuntimeServicer(self.manager)
+        servicer = AgentRuntimeServicer(self.manager, self.runs)
         registrar.add_registered_method_handlers(SERVICE_NAME, method_handlers(servicer))
         if len(self.manager.agents) == 1:
             registrar.add_gates(SERVICE_NAME, self.manager.admission, unread_handlers(servicer))
@@ -264,8 +273,11 @@ class RuntimeServer:
             self._stopped.set()
 
     async def _close_store(self) -> None:
+        """Stop renewing leases, send the writes still queued, close the connections; once."""
+        await self.runs.aclose()
         if self.store is not None:
             store, self.store = self.store, None
+            await self.writer.aclose()
             await store.aclose()
 
     def _close_observability(self) -> None:

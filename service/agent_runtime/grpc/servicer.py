@@ -12,10 +12,11 @@ from typing import Any, AsyncIterator
 import grpc
 
 from .._proto.agent_runtime.v1 import runtime_pb2 as pb
-from ..errors import AgentRuntimeError, InvalidInput
+from ..errors import AgentRuntimeError, InvalidInput, RunNotFound
 from ..events import RunStatus
 from ..runner import Runner
 from ..session import SessionManager
+from ..store.runs import RunRegistry
 from . import messages
 from .status import abort, unexpected
 
@@ -55,8 +56,10 @@ def unread(manager: SessionManager, agent: str, method: Any) -> Any:
 
 
 class AgentRuntimeServicer:
-    def __init__(self, manager: SessionManager) -> None:
+    def __init__(self, manager: SessionManager, runs: RunRegistry | None = None) -> None:
+        """`runs` answers GetRun: the shared store's registry, or this replica's."""
         self.manager = manager
+        self.runs = runs
 
     def _run(self, request: Any, context: grpc.aio.ServicerContext) -> Runner:
         """The run `request` asks for, in the caller's session (a Session has nothing to
@@ -103,6 +106,21 @@ class AgentRuntimeServicer:
             await abort(context, InvalidInput("run_id is required"))
         return pb.CancelRunResponse(cancelled=self.manager.cancel_run(request.run_id))
 
+    async def GetRun(self, request: Any, context: grpc.aio.ServicerContext) -> pb.RunInfo:
+        """A run started with a user_id is NOT_FOUND for any other user_id, as an unknown one is:
+        a caller learns nothing of other users' runs, not even that they exist."""
+        try:
+            if isinstance(request, messages.MalformedRequest) or not request.run_id:
+                raise InvalidInput("run_id is required")
+            if len(request.run_id) > messages.MAX_ID_CHARS:
+                raise InvalidInput(f"run_id is longer than {messages.MAX_ID_CHARS} characters")
+            record = await self.runs.get(request.run_id) if self.runs is not None else None
+            if record is None or (record.user_id and record.user_id != request.user_id):
+                raise RunNotFound(f"no run {request.run_id!r} is known")
+            return messages.run_info(record)
+        except AgentRuntimeError as exc:
+            await abort(context, exc)
+
 
 def method_handlers(servicer: AgentRuntimeServicer) -> dict[str, grpc.RpcMethodHandler]:
     """Handlers with request parsing that maps undecodable bytes to INVALID_ARGUMENT.
@@ -119,6 +137,9 @@ def method_handlers(servicer: AgentRuntimeServicer) -> dict[str, grpc.RpcMethodH
         "CancelRun": grpc.unary_unary_rpc_method_handler(
             servicer.CancelRun, request_deserializer=parse(pb.CancelRunRequest),
             response_serializer=pb.CancelRunResponse.SerializeToString),
+        "GetRun": grpc.unary_unary_rpc_method_handler(
+            servicer.GetRun, request_deserializer=parse(pb.GetRunRequest),
+            response_serializer=pb.RunInfo.SerializeToString),
     }
 
 

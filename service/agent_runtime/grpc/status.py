@@ -8,8 +8,8 @@ import logging
 import grpc
 
 from ..errors import (AgentError, AgentNotFound, AgentRuntimeError, Draining, InvalidInput,
-                      Overloaded, ProviderRejected, ProviderUnavailable, RunCancelled, RunTimeout,
-                      Unauthenticated)
+                      Overloaded, ProviderRejected, ProviderUnavailable, RunCancelled, RunNotFound,
+                      RunTimeout, StoreUnavailable, Unauthenticated)
 
 logger = logging.getLogger("agent_runtime.grpc")
 
@@ -27,6 +27,8 @@ STATUS_CODES: dict[type[AgentRuntimeError], grpc.StatusCode] = {
     AgentError: grpc.StatusCode.INTERNAL,
     ProviderUnavailable: grpc.StatusCode.UNAVAILABLE,
     ProviderRejected: grpc.StatusCode.INVALID_ARGUMENT,
+    RunNotFound: grpc.StatusCode.NOT_FOUND,
+    StoreUnavailable: grpc.StatusCode.UNAVAILABLE,
 }
 
 
