@@ -61,6 +61,14 @@ class StoreUnavailable(AgentRuntimeError):
     """The shared store (`store_url`) did not answer."""
 
 
+class StoreRequired(AgentRuntimeError):
+    """The call needs the replicas to share a store, and none is configured."""
+
+
+class EventsExpired(AgentRuntimeError):
+    """Events a watcher asked for are no longer kept (the run's stream was trimmed)."""
+
+
 class Unauthenticated(AgentRuntimeError):
     """Credentials are missing or wrong."""
 

@@ -45,6 +45,7 @@ from ..runlog import RunLogSink
 from ..session import SessionManager
 from ..store.connection import Store
 from ..store.runs import MemoryRuns, RedisRuns, RunRegistry
+from ..store.streams import RedisEvents
 from ..store.writer import StoreWriter
 from . import auth, messages, redpanda, tls
 from .instrument import ObservedRegistrar, RpcObserver
@@ -94,6 +95,10 @@ class RuntimeServer:
             MemoryRuns(messages.encoded_event) if self.store is None else
             RedisRuns(self.store, self.writer, messages.encoded_event, ttl=cfg.store_run_ttl, lease=cfg.store_lease))
         manager.add_sink(self.runs)
+        self.events: RedisEvents | None = None
+        if self.store is not None:
+            self.events = RedisEvents(self.store, self.writer, messages.encoded_event, ttl=cfg.store_run_ttl)
+            manager.add_sink(self.events)
         self.observers: list[RpcObserver] = []
         if registry is None and (cfg.metrics_port or meter_provider is not None):
             from prometheus_client import CollectorRegistry, ProcessCollector
@@ -174,7 +179,7 @@ class RuntimeServer:
         credentials = tls.server_credentials(cfg)
         server = grpc.aio.server(options=self.grpc_options(), interceptors=auth.interceptors(cfg))
         registrar = ObservedRegistrar(server, self.observers)
-        servicer = AgentRuntimeServicer(self.manager, self.runs)
+        servicer = AgentRuntimeServicer(self.manager, self.runs, self.events)
         registrar.add_registered_method_handlers(SERVICE_NAME, method_handlers(servicer))
         if len(self.manager.agents) == 1:
             registrar.add_gates(SERVICE_NAME, self.manager.admission, unread_handlers(servicer))

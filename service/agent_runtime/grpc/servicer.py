@@ -12,11 +12,12 @@ from typing import Any, AsyncIterator
 import grpc
 
 from .._proto.agent_runtime.v1 import runtime_pb2 as pb
-from ..errors import AgentRuntimeError, InvalidInput, RunNotFound
+from ..errors import AgentRuntimeError, InvalidInput, RunNotFound, StoreRequired
 from ..events import RunStatus
 from ..runner import Runner
 from ..session import SessionManager
-from ..store.runs import RunRegistry
+from ..store.runs import RunRecord, RunRegistry
+from ..store.streams import RedisEvents
 from . import messages
 from .status import abort, unexpected
 
@@ -56,10 +57,13 @@ def unread(manager: SessionManager, agent: str, method: Any) -> Any:
 
 
 class AgentRuntimeServicer:
-    def __init__(self, manager: SessionManager, runs: RunRegistry | None = None) -> None:
-        """`runs` answers GetRun: the shared store's registry, or this replica's."""
+    def __init__(self, manager: SessionManager, runs: RunRegistry | None = None,
+                 events: RedisEvents | None = None) -> None:
+        """`runs` answers GetRun: the shared store's registry, or this replica's; `events`
+        (the store's run events) answers WatchRun."""
         self.manager = manager
         self.runs = runs
+        self.events = events
 
     def _run(self, request: Any, context: grpc.aio.ServicerContext) -> Runner:
         """The run `request` asks for, in the caller's session (a Session has nothing to
@@ -106,25 +110,41 @@ class AgentRuntimeServicer:
             await abort(context, InvalidInput("run_id is required"))
         return pb.CancelRunResponse(cancelled=self.manager.cancel_run(request.run_id))
 
+    async def _record(self, request: Any) -> RunRecord:
+        """The record of the run `request` names. A run started with a user_id is NOT_FOUND for
+        any other user_id, as an unknown one is: a caller learns nothing of other users' runs,
+        not even that they exist."""
+        if isinstance(request, messages.MalformedRequest) or not request.run_id:
+            raise InvalidInput("run_id is required")
+        if len(request.run_id) > messages.MAX_ID_CHARS:
+            raise InvalidInput(f"run_id is longer than {messages.MAX_ID_CHARS} characters")
+        record = await self.runs.get(request.run_id) if self.runs is not None else None
+        if record is None or (record.user_id and record.user_id != request.user_id):
+            raise RunNotFound(f"no run {request.run_id!r} is known")
+        return record
+
     async def GetRun(self, request: Any, context: grpc.aio.ServicerContext) -> pb.RunInfo:
-        """A run started with a user_id is NOT_FOUND for any other user_id, as an unknown one is:
-        a caller learns nothing of other users' runs, not even that they exist."""
         try:
-            if isinstance(request, messages.MalformedRequest) or not request.run_id:
-                raise InvalidInput("run_id is required")
-            if len(request.run_id) > messages.MAX_ID_CHARS:
-                raise InvalidInput(f"run_id is longer than {messages.MAX_ID_CHARS} characters")
-            record = await self.runs.get(request.run_id) if self.runs is not None else None
-            if record is None or (record.user_id and record.user_id != request.user_id):
-                raise RunNotFound(f"no run {request.run_id!r} is known")
-            return messages.run_info(record)
+            return messages.run_info(await self._record(request))
+        except AgentRuntimeError as exc:
+            await abort(context, exc)
+
+    async def WatchRun(self, request: Any, context: grpc.aio.ServicerContext) -> None:
+        """Writes the events as the store keeps them, already encoded (no response serializer)."""
+        try:
+            if self.events is None:
+                raise StoreRequired("WatchRun needs the replicas to share a store (store_url)")
+            record = await self._record(request)
+            after = request.after_seq if request.HasField("after_seq") else -1
+            async for event in self.events.watch(record, after, lambda: self.runs.get(record.run_id)):
+                await context.write(event)
         except AgentRuntimeError as exc:
             await abort(context, exc)
 
 
 def method_handlers(servicer: AgentRuntimeServicer) -> dict[str, grpc.RpcMethodHandler]:
     """Handlers with request parsing that maps undecodable bytes to INVALID_ARGUMENT.
-    Invoke answers with bytes it encoded itself: it has no response serializer."""
+    Invoke and WatchRun answer with bytes already encoded: they have no response serializer."""
     parse = messages.parser
     return {
         "Invoke": grpc.unary_unary_rpc_method_handler(servicer.Invoke, request_deserializer=parse(pb.InvokeRequest)),
@@ -140,6 +160,8 @@ def method_handlers(servicer: AgentRuntimeServicer) -> dict[str, grpc.RpcMethodH
         "GetRun": grpc.unary_unary_rpc_method_handler(
             servicer.GetRun, request_deserializer=parse(pb.GetRunRequest),
             response_serializer=pb.RunInfo.SerializeToString),
+        "WatchRun": grpc.unary_stream_rpc_method_handler(
+            servicer.WatchRun, request_deserializer=parse(pb.WatchRunRequest)),
     }
 
 

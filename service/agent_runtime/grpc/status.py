@@ -8,8 +8,8 @@ import logging
 import grpc
 
 from ..errors import (AgentError, AgentNotFound, AgentRuntimeError, Draining, InvalidInput,
-                      Overloaded, ProviderRejected, ProviderUnavailable, RunCancelled, RunNotFound,
-                      RunTimeout, StoreUnavailable, Unauthenticated)
+                      EventsExpired, Overloaded, ProviderRejected, ProviderUnavailable, RunCancelled,
+                      RunNotFound, RunTimeout, StoreRequired, StoreUnavailable, Unauthenticated)
 
 logger = logging.getLogger("agent_runtime.grpc")
 
@@ -29,6 +29,8 @@ STATUS_CODES: dict[type[AgentRuntimeError], grpc.StatusCode] = {
     ProviderRejected: grpc.StatusCode.INVALID_ARGUMENT,
     RunNotFound: grpc.StatusCode.NOT_FOUND,
     StoreUnavailable: grpc.StatusCode.UNAVAILABLE,
+    StoreRequired: grpc.StatusCode.FAILED_PRECONDITION,
+    EventsExpired: grpc.StatusCode.OUT_OF_RANGE,
 }
 
 

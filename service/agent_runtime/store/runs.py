@@ -45,6 +45,7 @@ class RunRecord:
     created: float  # Unix time of run.start
     replica: str
     end: bytes | None = None  # the encoded run.end event; None while the run is in progress
+    end_seq: int | None = None  # its seq
 
 
 class RunRegistry(Protocol):
@@ -91,10 +92,10 @@ class MemoryRuns:
         ended = self._ended.get(run_id)
         if ended is not None:
             created, event = ended
-            return _record(event.run, created, self.replica, self.encode(event))
+            return _record(event.run, created, self.replica, self.encode(event), event.seq)
         running = self._running.get(run_id)
         if running is not None:
-            return _record(running[0], running[1], self.replica, None)
+            return _record(running[0], running[1], self.replica, None, None)
         return None
 
     def start(self) -> None:
@@ -104,8 +105,8 @@ class MemoryRuns:
         return None
 
 
-def _record(run: RunContext, created: float, replica: str, end: bytes | None) -> RunRecord:
-    return RunRecord(run.run_id, run.agent, run.user_id, run.session_id, created, replica, end)
+def _record(run: RunContext, created: float, replica: str, end: bytes | None, end_seq: int | None) -> RunRecord:
+    return RunRecord(run.run_id, run.agent, run.user_id, run.session_id, created, replica, end, end_seq)
 
 
 class RedisRuns:
@@ -140,7 +141,7 @@ class RedisRuns:
             encode = self.encode
 
         def command(pipe: Any) -> None:
-            pipe.hset(key, mapping=fields if fields is not None else {"end": encode(event)})
+            pipe.hset(key, mapping=fields if fields is not None else {"end": encode(event), "end_seq": event.seq})
             pipe.pexpire(key, ttl)
 
         self.writer.put(command)
@@ -155,8 +156,10 @@ class RedisRuns:
         if not fields:
             return None
         text = {name.decode(): value.decode() for name, value in fields.items() if name != b"end"}
+        end_seq = text.get("end_seq")
         return RunRecord(run_id, text.get("agent", ""), text.get("user", ""), text.get("session", ""),
-                         float(text.get("created", 0)), text.get("replica", ""), fields.get(b"end"))
+                         float(text.get("created", 0)), text.get("replica", ""), fields.get(b"end"),
+                         None if end_seq is None else int(end_seq))
 
     def start(self) -> None:
         self._renewal = asyncio.get_running_loop().create_task(self._renew())

@@ -36,15 +36,16 @@ class StoreWriter:
         self._task: asyncio.Task | None = None
         self._failing = False
 
-    def put(self, command: Command) -> None:
-        """Queue `command` for the next batch; never waits."""
+    def put(self, command: Command) -> bool:
+        """Queue `command` for the next batch; never waits. False when it was dropped."""
         if len(self._pending) >= self.max_pending:
             self.dropped += 1
-            return
+            return False
         self._pending.append(command)
         wake = self._wake
         if wake is not None:
             wake.set()
+        return True
 
     def start(self) -> None:
         self._wake = asyncio.Event()
