@@ -67,7 +67,7 @@ def checked_metadata(metadata: Mapping[str, str]) -> dict[str, str]:
 
 
 _REQUEST_FIELDS = {pb.InvokeRequest.DESCRIPTOR.fields_by_name[name]: index for index, name in
-                   enumerate(("agent", "session_id", "user_id", "input", "metadata", "timeout"))}
+                   enumerate(("agent", "session_id", "user_id", "input", "metadata", "timeout", "background"))}
 
 
 def run_request(request: Any) -> tuple[str, str, str, Any, dict[str, str], float | None]:
@@ -79,10 +79,10 @@ def run_request(request: Any) -> tuple[str, str, str, Any, dict[str, str], float
     six one by one cost more than the rest of a unary call's run, callgrind says)."""
     if type(request) is MalformedRequest:
         raise InvalidInput(f"request is not a valid InvokeRequest: {request.reason}")
-    values: list[Any] = ["", "", "", None, None, None]
+    values: list[Any] = ["", "", "", None, None, None, False]
     for field, value in request.ListFields():
         values[_REQUEST_FIELDS[field]] = value
-    agent, session_id, user_id, payload, metadata, duration = values
+    agent, session_id, user_id, payload, metadata, duration, _ = values  # background: the servicer's
     if len(agent) > MAX_ID_CHARS or len(session_id) > MAX_ID_CHARS or len(user_id) > MAX_ID_CHARS:
         name = next(name for name, value in (("agent", agent), ("session_id", session_id), ("user_id", user_id))
                     if len(value) > MAX_ID_CHARS)
@@ -111,6 +111,12 @@ def set_output(target: pb.Payload, output: Any, run_id: str) -> None:
         target.text = output
     else:
         target.CopyFrom(output_payload(output, run_id))
+
+
+def started_response(runner: Runner) -> bytes:
+    """The reply to a background Invoke: the run's ids, no output yet."""
+    return pb.InvokeResponse(run_id=runner.run_id, agent=runner.agent.name,
+                             session_id=runner.session_id).SerializeToString()
 
 
 def invoke_response(runner: Runner, output: Any) -> bytes:

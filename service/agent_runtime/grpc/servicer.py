@@ -6,6 +6,7 @@ Each RPC is one session and one run; domain errors become status codes in
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any, AsyncIterator
 
@@ -64,16 +65,36 @@ class AgentRuntimeServicer:
         self.manager = manager
         self.runs = runs
         self.events = events
+        self._background: set[asyncio.Task] = set()
 
-    def _run(self, request: Any, context: grpc.aio.ServicerContext) -> Runner:
+    async def _start_background(self, runner: Runner) -> bytes:
+        """Admit the run (a refusal is the caller's, as for any run), then let it go on in a
+        task of its own, and answer with its ids."""
+        await runner.__aenter__()
+        task = asyncio.get_running_loop().create_task(runner.result())
+        self._background.add(task)
+        task.add_done_callback(self._background_done)
+        return messages.started_response(runner)
+
+    def _background_done(self, task: asyncio.Task) -> None:
+        """Forget a background run; how it ended is in its end event (GetRun), not here."""
+        self._background.discard(task)
+        if not task.cancelled():
+            task.exception()
+
+    def _run(self, request: Any, context: grpc.aio.ServicerContext, streamed: bool = False) -> Runner:
         """The run `request` asks for, in the caller's session (a Session has nothing to
         enter or leave, so none is made). It is admitted as it starts: while every slot and
         the queue are taken, calls of a one-agent server are refused before they are read
         (`unread_handlers`), so only a per-user cap or a several-agent server refuses here."""
         agent, session_id, user_id, input, metadata, timeout = messages.run_request(request)
-        remaining = context.time_remaining()
-        if remaining is not None:  # without a deadline, `_timeout` has nothing to do: a call less
-            timeout = _timeout(timeout, remaining)
+        if request.background:  # a background run outlives its call: the deadline does not bound it
+            if streamed:
+                raise InvalidInput("background runs are started with Invoke; read their events with WatchRun")
+        else:
+            remaining = context.time_remaining()
+            if remaining is not None:  # without a deadline, `_timeout` has nothing to do: a call less
+                timeout = _timeout(timeout, remaining)
         manager = self.manager
         return Runner(manager, manager.agent(agent), input, user_id, session_id, metadata, timeout)
 
@@ -82,6 +103,8 @@ class AgentRuntimeServicer:
         runner = None
         try:
             runner = self._run(request, context)
+            if request.background:
+                return await self._start_background(runner)
             return messages.invoke_response(runner, await runner.result())
         except AgentRuntimeError as exc:
             await abort(context, exc)
@@ -91,7 +114,7 @@ class AgentRuntimeServicer:
     async def InvokeStream(self, request: Any, context: grpc.aio.ServicerContext) -> None:
         runner = None
         try:
-            async with self._run(request, context) as runner:
+            async with self._run(request, context, streamed=True) as runner:
                 async for batch in runner.event_batches():
                     for event in batch:
                         await context.write(messages.event_message(event))

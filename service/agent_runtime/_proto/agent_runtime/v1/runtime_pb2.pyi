@@ -44,7 +44,7 @@ class Blob(_message.Message):
     def __init__(self, data: _Optional[bytes] = ..., media_type: _Optional[str] = ...) -> None: ...
 
 class InvokeRequest(_message.Message):
-    __slots__ = ("agent", "session_id", "user_id", "input", "metadata", "timeout")
+    __slots__ = ("agent", "session_id", "user_id", "input", "metadata", "timeout", "background")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -58,13 +58,15 @@ class InvokeRequest(_message.Message):
     INPUT_FIELD_NUMBER: _ClassVar[int]
     METADATA_FIELD_NUMBER: _ClassVar[int]
     TIMEOUT_FIELD_NUMBER: _ClassVar[int]
+    BACKGROUND_FIELD_NUMBER: _ClassVar[int]
     agent: str
     session_id: str
     user_id: str
     input: Payload
     metadata: _containers.ScalarMap[str, str]
     timeout: _duration_pb2.Duration
-    def __init__(self, agent: _Optional[str] = ..., session_id: _Optional[str] = ..., user_id: _Optional[str] = ..., input: _Optional[_Union[Payload, _Mapping]] = ..., metadata: _Optional[_Mapping[str, str]] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+    background: bool
+    def __init__(self, agent: _Optional[str] = ..., session_id: _Optional[str] = ..., user_id: _Optional[str] = ..., input: _Optional[_Union[Payload, _Mapping]] = ..., metadata: _Optional[_Mapping[str, str]] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., background: _Optional[bool] = ...) -> None: ...
 
 class Usage(_message.Message):
     __slots__ = ("input_tokens", "output_tokens")
