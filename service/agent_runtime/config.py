@@ -93,6 +93,9 @@ class ServerConfig:
                                     "use (history_max_messages bounds it there too)", minimum=1)
     store_run_ttl: float = _opt(3600.0, "seconds a run's record and events are kept in the store after "
                                 "its last event", minimum=1)
+    idempotency_ttl: float = _opt(3600.0, "seconds a request's idempotency_key attaches repeats to its "
+                                  "first run (in the store when there is one, else in this replica)",
+                                  minimum=1)
     store_lease: float = _opt(10.0, "seconds a run's lease lasts; the replica holding the run renews it "
                               "every third of that", minimum=0.1)
 

@@ -61,6 +61,10 @@ class StoreUnavailable(AgentRuntimeError):
     """The shared store (`store_url`) did not answer."""
 
 
+class RunLost(AgentRuntimeError):
+    """The run a call attached to never started, or was lost with its replica."""
+
+
 class StoreRequired(AgentRuntimeError):
     """The call needs the replicas to share a store, and none is configured."""
 

@@ -44,6 +44,7 @@ from ..metrics import GrpcMetrics, MetricsEndpoint, MetricsSink
 from ..runlog import RunLogSink
 from ..session import SessionManager
 from ..store.connection import Store
+from ..store.idempotency import Claims, MemoryClaims, RedisClaims
 from ..store.runs import MemoryRuns, RedisRuns, RunRegistry
 from ..store.streams import RedisEvents
 from ..store.writer import StoreWriter
@@ -96,9 +97,11 @@ class RuntimeServer:
             RedisRuns(self.store, self.writer, messages.encoded_event, ttl=cfg.store_run_ttl, lease=cfg.store_lease))
         manager.add_sink(self.runs)
         self.events: RedisEvents | None = None
+        self.claims: Claims = MemoryClaims(cfg.idempotency_ttl)
         if self.store is not None:
             self.events = RedisEvents(self.store, self.writer, messages.encoded_event, ttl=cfg.store_run_ttl)
             manager.add_sink(self.events)
+            self.claims = RedisClaims(self.store, cfg.idempotency_ttl)
         self.observers: list[RpcObserver] = []
         if registry is None and (cfg.metrics_port or meter_provider is not None):
             from prometheus_client import CollectorRegistry, ProcessCollector
@@ -179,7 +182,7 @@ class RuntimeServer:
         credentials = tls.server_credentials(cfg)
         server = grpc.aio.server(options=self.grpc_options(), interceptors=auth.interceptors(cfg))
         registrar = ObservedRegistrar(server, self.observers)
-        servicer = AgentRuntimeServicer(self.manager, self.runs, self.events)
+        servicer = AgentRuntimeServicer(self.manager, self.runs, self.events, self.claims)
         registrar.add_registered_method_handlers(SERVICE_NAME, method_handlers(servicer))
         if len(self.manager.agents) == 1:
             registrar.add_gates(SERVICE_NAME, self.manager.admission, unread_handlers(servicer))

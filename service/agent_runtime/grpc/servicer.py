@@ -13,11 +13,12 @@ from typing import Any, AsyncIterator
 import grpc
 
 from .._proto.agent_runtime.v1 import runtime_pb2 as pb
-from ..errors import AgentRuntimeError, InvalidInput, RunNotFound, StoreRequired
+from ..errors import AgentRuntimeError, InvalidInput, RunLost, RunNotFound, StoreRequired
 from ..events import RunStatus
 from ..runner import Runner
 from ..session import SessionManager
-from ..store.runs import RunRecord, RunRegistry
+from ..store.idempotency import Claims, MemoryClaims, held_by, holder
+from ..store.runs import MemoryRuns, RunRecord, RunRegistry
 from ..store.streams import RedisEvents
 from . import messages
 from .status import abort, unexpected
@@ -25,6 +26,8 @@ from .status import abort, unexpected
 logger = logging.getLogger("agent_runtime.grpc")
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["AgentRuntime"].full_name
+# Seconds past its queue_timeout by which a run that holds an idempotency key has started.
+START_GRACE = 5.0
 
 
 def _timeout(requested: float | None, remaining: float | None) -> float | None:
@@ -59,12 +62,17 @@ def unread(manager: SessionManager, agent: str, method: Any) -> Any:
 
 class AgentRuntimeServicer:
     def __init__(self, manager: SessionManager, runs: RunRegistry | None = None,
-                 events: RedisEvents | None = None) -> None:
-        """`runs` answers GetRun: the shared store's registry, or this replica's; `events`
-        (the store's run events) answers WatchRun."""
+                 events: RedisEvents | None = None, claims: Claims | None = None) -> None:
+        """`runs` answers GetRun: the shared store's registry, or this replica's (made and
+        added to the manager's sinks when none is given); `events` (the store's run events)
+        answers WatchRun; `claims` holds idempotency keys."""
         self.manager = manager
+        if runs is None:
+            runs = MemoryRuns(messages.encoded_event)
+            manager.add_sink(runs)
         self.runs = runs
         self.events = events
+        self.claims = claims if claims is not None else MemoryClaims()
         self._background: set[asyncio.Task] = set()
 
     async def _start_background(self, runner: Runner) -> bytes:
@@ -75,6 +83,44 @@ class AgentRuntimeServicer:
         self._background.add(task)
         task.add_done_callback(self._background_done)
         return messages.started_response(runner)
+
+    async def _idempotent(self, request: Any, runner: Runner) -> bytes:
+        """The first run with its idempotency key (per user_id) runs; a repeat within the key's
+        TTL answers as that run does: its ids at once when in the background, else its result
+        once it has ended."""
+        key, user_id = request.idempotency_key, runner.user_id
+        mine = holder(runner.run_id, runner.agent.name, runner.session_id)
+        first = await self.claims.claim(user_id, key, mine)
+        if first is None:
+            try:
+                if request.background:
+                    return await self._start_background(runner)
+                return messages.invoke_response(runner, await runner.result())
+            except BaseException:
+                if runner.context is None:  # refused before it began: the key is free again
+                    await self.claims.release(user_id, key, mine)
+                raise
+        run_id, agent, session_id = held_by(first)
+        if request.background:
+            return pb.InvokeResponse(run_id=run_id, agent=agent, session_id=session_id).SerializeToString()
+        return messages.ended_response(await self._end_of(run_id), agent, session_id)
+
+    async def _end_of(self, run_id: str) -> bytes:
+        """The encoded end event of run `run_id`, begun by another call (on any replica), read
+        from the run registry every 5 to 100 ms. RunLost when the run is still unknown once it
+        could have waited its queue_timeout and started."""
+        loop = asyncio.get_running_loop()
+        unknown_until = loop.time() + self.manager.admission.queue_timeout + START_GRACE
+        delay = 0.005
+        while True:
+            record = await self.runs.get(run_id)
+            if record is not None and record.end is not None:
+                return record.end
+            if record is None and loop.time() > unknown_until:
+                raise RunLost(f"run {run_id}, which holds this idempotency key, did not start; retry",
+                              run_id=run_id)
+            await asyncio.sleep(delay)
+            delay = min(2 * delay, 0.1)
 
     def _background_done(self, task: asyncio.Task) -> None:
         """Forget a background run; how it ended is in its end event (GetRun), not here."""
@@ -88,6 +134,9 @@ class AgentRuntimeServicer:
         the queue are taken, calls of a one-agent server are refused before they are read
         (`unread_handlers`), so only a per-user cap or a several-agent server refuses here."""
         agent, session_id, user_id, input, metadata, timeout = messages.run_request(request)
+        if streamed and request.idempotency_key:
+            raise InvalidInput("idempotency_key is for Invoke (a background Invoke, then WatchRun, streams "
+                               "an idempotent run)")
         if request.background:  # a background run outlives its call: the deadline does not bound it
             if streamed:
                 raise InvalidInput("background runs are started with Invoke; read their events with WatchRun")
@@ -103,6 +152,8 @@ class AgentRuntimeServicer:
         runner = None
         try:
             runner = self._run(request, context)
+            if request.idempotency_key:
+                return await self._idempotent(request, runner)
             if request.background:
                 return await self._start_background(runner)
             return messages.invoke_response(runner, await runner.result())
@@ -141,7 +192,7 @@ class AgentRuntimeServicer:
             raise InvalidInput("run_id is required")
         if len(request.run_id) > messages.MAX_ID_CHARS:
             raise InvalidInput(f"run_id is longer than {messages.MAX_ID_CHARS} characters")
-        record = await self.runs.get(request.run_id) if self.runs is not None else None
+        record = await self.runs.get(request.run_id)
         if record is None or (record.user_id and record.user_id != request.user_id):
             raise RunNotFound(f"no run {request.run_id!r} is known")
         return record

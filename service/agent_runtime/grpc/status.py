@@ -9,7 +9,7 @@ import grpc
 
 from ..errors import (AgentError, AgentNotFound, AgentRuntimeError, Draining, InvalidInput,
                       EventsExpired, Overloaded, ProviderRejected, ProviderUnavailable, RunCancelled,
-                      RunNotFound, RunTimeout, StoreRequired, StoreUnavailable, Unauthenticated)
+                      RunLost, RunNotFound, RunTimeout, StoreRequired, StoreUnavailable, Unauthenticated)
 
 logger = logging.getLogger("agent_runtime.grpc")
 
@@ -30,6 +30,7 @@ STATUS_CODES: dict[type[AgentRuntimeError], grpc.StatusCode] = {
     RunNotFound: grpc.StatusCode.NOT_FOUND,
     StoreUnavailable: grpc.StatusCode.UNAVAILABLE,
     StoreRequired: grpc.StatusCode.FAILED_PRECONDITION,
+    RunLost: grpc.StatusCode.UNAVAILABLE,
     EventsExpired: grpc.StatusCode.OUT_OF_RANGE,
 }
 

@@ -44,7 +44,7 @@ class Blob(_message.Message):
     def __init__(self, data: _Optional[bytes] = ..., media_type: _Optional[str] = ...) -> None: ...
 
 class InvokeRequest(_message.Message):
-    __slots__ = ("agent", "session_id", "user_id", "input", "metadata", "timeout", "background")
+    __slots__ = ("agent", "session_id", "user_id", "input", "metadata", "timeout", "background", "idempotency_key")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -59,6 +59,7 @@ class InvokeRequest(_message.Message):
     METADATA_FIELD_NUMBER: _ClassVar[int]
     TIMEOUT_FIELD_NUMBER: _ClassVar[int]
     BACKGROUND_FIELD_NUMBER: _ClassVar[int]
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
     agent: str
     session_id: str
     user_id: str
@@ -66,7 +67,8 @@ class InvokeRequest(_message.Message):
     metadata: _containers.ScalarMap[str, str]
     timeout: _duration_pb2.Duration
     background: bool
-    def __init__(self, agent: _Optional[str] = ..., session_id: _Optional[str] = ..., user_id: _Optional[str] = ..., input: _Optional[_Union[Payload, _Mapping]] = ..., metadata: _Optional[_Mapping[str, str]] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., background: _Optional[bool] = ...) -> None: ...
+    idempotency_key: str
+    def __init__(self, agent: _Optional[str] = ..., session_id: _Optional[str] = ..., user_id: _Optional[str] = ..., input: _Optional[_Union[Payload, _Mapping]] = ..., metadata: _Optional[_Mapping[str, str]] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., background: _Optional[bool] = ..., idempotency_key: _Optional[str] = ...) -> None: ...
 
 class Usage(_message.Message):
     __slots__ = ("input_tokens", "output_tokens")
