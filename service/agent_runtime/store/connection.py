@@ -62,7 +62,11 @@ class Store:
             raise ConfigError(f"store_url: cannot use the store at {self.where}: {reason}") from None
 
     async def aclose(self) -> None:
-        await self.redis.aclose()
+        """Close the connections; a store that does not answer is left after CHECK_TIMEOUT."""
+        try:
+            await asyncio.wait_for(self.redis.aclose(), CHECK_TIMEOUT)
+        except TimeoutError:
+            pass
 
 
 def _where(url: str) -> str:

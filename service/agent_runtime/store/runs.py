@@ -15,6 +15,7 @@ every replica answers with the bytes the run's own stream carried.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import socket
 import time
@@ -27,6 +28,8 @@ from ..errors import StoreUnavailable
 from ..events import EventType, RunEvent
 from .connection import Store
 from .writer import StoreWriter
+
+logger = logging.getLogger("agent_runtime.store")
 
 Encode = Callable[[RunEvent], bytes]
 
@@ -109,9 +112,25 @@ def _record(run: RunContext, created: float, replica: str, end: bytes | None, en
     return RunRecord(run.run_id, run.agent, run.user_id, run.session_id, created, replica, end, end_seq)
 
 
+# ARGV[1] the TTL (ms); then per record: its key, a field count n, n field/value pairs.
+_WRITE = """
+local ttl = ARGV[1]
+local i = 2
+while i <= #ARGV do
+  local key, n = ARGV[i], tonumber(ARGV[i + 1])
+  redis.call('HSET', key, unpack(ARGV, i + 2, i + 1 + 2 * n))
+  redis.call('PEXPIRE', key, ttl)
+  i = i + 2 + 2 * n
+end
+"""
+
+
 class RedisRuns:
     """Every replica's runs, each a Redis hash (`<prefix>run:<run id>`); the holder renews
-    the lease of its runs every `lease / 3` seconds."""
+    the lease of its runs every `lease / 3` seconds.
+
+    The records written since the writer's last round trip go as one script call: a unary
+    run (start and end) costs the loop a few list appends, not a Redis command each."""
 
     event_types = _RUN_EVENTS
 
@@ -123,28 +142,48 @@ class RedisRuns:
         self.lease = lease
         self.replica = replica_id()
         self._ttl_ms = max(1, round(ttl * 1000))
-        self._held: dict[str, str] = {}  # run id -> key, of the runs in progress here
+        self._held: set[str] = set()  # the ids of the runs in progress here
         self._renewal: asyncio.Task | None = None
+        self._batch: list[RunEvent | tuple[str, ...]] = []  # run events, and lease renewals (run ids)
+        self._script = store.redis.register_script(_WRITE)
 
     def on_event(self, event: RunEvent) -> None:
-        run = event.run
-        key = self.store.key("run", run.run_id)
-        ttl = self._ttl_ms
         if event.type is EventType.RUN_START:
-            self._held[run.run_id] = key
-            fields = {"agent": run.agent, "user": run.user_id, "session": run.session_id,
-                      "created": repr(event.time), "replica": self.replica,
-                      "lease": repr(event.time + self.lease)}
+            self._held.add(event.run.run_id)
         else:
-            self._held.pop(run.run_id, None)
-            fields = None
-            encode = self.encode
+            self._held.discard(event.run.run_id)
+        self._add(event)
 
-        def command(pipe: Any) -> None:
-            pipe.hset(key, mapping=fields if fields is not None else {"end": encode(event), "end_seq": event.seq})
-            pipe.pexpire(key, ttl)
+    def _add(self, item: RunEvent | tuple[str, ...]) -> None:
+        batch = self._batch
+        batch.append(item)
+        if len(batch) == 1 and not self.writer.put(self._write):
+            batch.clear()  # the writer's backlog is full: these writes are lost (and counted)
 
-        self.writer.put(command)
+    async def _write(self, pipe: Any) -> None:
+        batch, self._batch = self._batch, []
+        key = self.store.key
+        args: list[Any] = [self._ttl_ms]
+        for item in batch:
+            if type(item) is tuple:  # lease renewals
+                until = repr(time.time() + self.lease)
+                for run_id in item:
+                    args += (key("run", run_id), 1, "lease", until)
+                continue
+            run = item.run
+            if item.type is EventType.RUN_START:
+                args += (key("run", run.run_id), 6, "agent", run.agent, "user", run.user_id,
+                         "session", run.session_id, "created", repr(item.time), "replica", self.replica,
+                         "lease", repr(item.time + self.lease))
+            else:
+                try:
+                    end = self.encode(item)
+                except Exception:
+                    logger.exception("the end of run %s could not be encoded", run.run_id)
+                    continue
+                args += (key("run", run.run_id), 2, "end", end, "end_seq", item.seq)
+        if len(args) > 1:
+            await self._script(args=args, client=pipe)
 
     async def get(self, run_id: str) -> RunRecord | None:
         from redis.exceptions import RedisError
@@ -166,19 +205,10 @@ class RedisRuns:
 
     async def _renew(self) -> None:
         """Renew the lease (and TTL) of the runs held here, in one batch every `lease / 3` seconds."""
-        ttl = self._ttl_ms
         while True:
             await asyncio.sleep(self.lease / 3)
-            keys = list(self._held.values())
-            if keys:
-                until = repr(time.time() + self.lease)
-
-                def command(pipe: Any, keys: list[str] = keys, until: str = until) -> None:
-                    for key in keys:
-                        pipe.hset(key, "lease", until)
-                        pipe.pexpire(key, ttl)
-
-                self.writer.put(command)
+            if self._held:
+                self._add(tuple(self._held))
 
     async def aclose(self) -> None:
         if self._renewal is not None:

@@ -4,7 +4,7 @@ Every event of every run goes to the run's stream (`<prefix>events:<run id>`) as
 happens, in its wire form, with the entry id `0-<seq + 1>`: the event's `seq` is
 the cursor, so a watcher cut off after seq k resumes after k, on any replica, and
 gets every later event exactly once. A run's events are batched as the writer's
-round trips allow (one command per batch, not per event), a stream keeps the last
+round trips allow (one script call per batch, for every run, not a command per event), a stream keeps the last
 `max_events` (approximately: Redis trims whole nodes), and it expires `ttl`
 seconds after its last event.
 """
@@ -29,6 +29,28 @@ READ_COUNT = 512
 _END = EventType.RUN_END
 
 
+# ARGV[1] the TTL (ms), ARGV[2] the events a stream keeps; then per stream: its key, an event
+# count n, n (entry id, encoded event, 1 for the end event else 0) triples. An entry the
+# stream has already (a write sent twice) is skipped.
+_WRITE = """
+local ttl, keep = ARGV[1], ARGV[2]
+local i = 3
+while i <= #ARGV do
+  local key, n = ARGV[i], tonumber(ARGV[i + 1])
+  i = i + 2
+  for _ = 1, n do
+    if ARGV[i + 2] == '1' then
+      redis.pcall('XADD', key, 'MAXLEN', '~', keep, ARGV[i], 'e', ARGV[i + 1], 'end', '1')
+    else
+      redis.pcall('XADD', key, 'MAXLEN', '~', keep, ARGV[i], 'e', ARGV[i + 1])
+    end
+    i = i + 3
+  end
+  redis.call('PEXPIRE', key, ttl)
+end
+"""
+
+
 def _entry_id(seq: int) -> str:
     return f"0-{seq + 1}"
 
@@ -44,6 +66,7 @@ class RedisEvents:
         self.max_events = max_events
         self._ttl_ms = max(1, round(ttl * 1000))
         self._batch: list[RunEvent] = []
+        self._script = store.redis.register_script(_WRITE)
 
     def on_event(self, event: RunEvent) -> None:
         """Add `event` to the batch the writer sends next (one writer command per batch)."""
@@ -52,27 +75,29 @@ class RedisEvents:
         if len(batch) == 1 and not self.writer.put(self._write):
             batch.clear()  # the writer's backlog is full: these events are lost (and counted)
 
-    def _write(self, pipe: Any) -> None:
+    async def _write(self, pipe: Any) -> None:
         batch, self._batch = self._batch, []
-        key = self.store.key
         encode = self.encode
-        streams = {}
+        streams: dict[str, list[Any]] = {}
         for event in batch:
             run_id = event.run.run_id
-            stream = streams.get(run_id)
-            if stream is None:
-                stream = streams[run_id] = key("events", run_id)
             try:
-                fields = {"e": encode(event)}
+                data = encode(event)
             except Exception:
                 logger.exception("event %d of run %s could not be encoded; watchers will miss it",
                                  event.seq, run_id)
                 continue
-            if event.type is _END:
-                fields["end"] = b"1"
-            pipe.xadd(stream, fields, id=_entry_id(event.seq), maxlen=self.max_events, approximate=True)
-        for stream in streams.values():
-            pipe.pexpire(stream, self._ttl_ms)
+            entries = streams.get(run_id)
+            if entries is None:
+                entries = streams[run_id] = []
+            entries += (_entry_id(event.seq), data, 1 if event.type is _END else 0)
+        args: list[Any] = [self._ttl_ms, self.max_events]
+        key = self.store.key
+        for run_id, entries in streams.items():
+            args += (key("events", run_id), len(entries) // 3)
+            args += entries
+        if streams:
+            await self._script(args=args, client=pipe)
 
     async def watch(self, record: RunRecord, after_seq: int,
                     refresh: Callable[[], Awaitable[RunRecord | None]]) -> AsyncIterator[bytes]:

@@ -1,7 +1,7 @@
 """Writes to the store from one task, in pipelined batches.
 
 Event sinks run in a run's own task and must not wait: they hand the writer a
-command (a function that adds commands to a pipeline) and go on. The writer
+command (a coroutine function that adds commands to a pipeline) and go on. The writer
 sends everything handed in since its last round trip as one pipeline, so a
 stream of chunks costs a round trip per batch, not per chunk. A slow or absent
 store costs runs nothing: at most `max_pending` commands wait, newer ones are
@@ -13,13 +13,13 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable
 
 from .connection import Store
 
 logger = logging.getLogger("agent_runtime.store")
 
-Command = Callable[[Any], None]  # adds commands to a redis pipeline
+Command = Callable[[Any], Awaitable[None]]  # adds commands to a redis pipeline
 
 # Commands sent in one pipeline at most: a backlog is sent in several round trips.
 BATCH = 1024
@@ -70,7 +70,7 @@ class StoreWriter:
                 async with self.store.redis.pipeline(transaction=False) as pipe:
                     for command in batch:
                         try:
-                            command(pipe)
+                            await command(pipe)
                         except Exception:
                             logger.exception("a store write could not be prepared; it is dropped")
                     results = await pipe.execute(raise_on_error=False)
@@ -90,11 +90,11 @@ class StoreWriter:
 
     async def aclose(self, timeout: float = 2.0) -> None:
         """Stop, after sending what is queued (for at most `timeout` seconds)."""
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+        task, self._task = self._task, None
         try:
+            if task is not None:
+                task.cancel()
+                await asyncio.wait_for(asyncio.gather(task, return_exceptions=True), timeout)
             await asyncio.wait_for(self.flush(), timeout)
         except TimeoutError:
             logger.warning("%d store writes were not sent at shutdown", len(self._pending))
