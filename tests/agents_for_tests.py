@@ -19,6 +19,13 @@ async def counting_stream(input: Any):
         yield f"{i} "
 
 
+async def paced_stream(input: Any):
+    """Streams `input` (a number) chunks 2 ms apart: a run that lasts long enough to be watched live."""
+    for i in range(int(input)):
+        await asyncio.sleep(0.002)
+        yield f"{i} "
+
+
 async def slow(input: Any) -> Any:
     """Sleeps `input` seconds (a number or numeric text), then says so."""
     await asyncio.sleep(float(input))

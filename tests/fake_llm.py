@@ -53,6 +53,10 @@ class FakeLLM:
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}/v1"
 
+    def user_messages(self, request: int = -1) -> list[str]:
+        """The user messages the model was sent in one request (the last by default), oldest first."""
+        return [m["content"] for m in self.requests[request]["messages"] if m["role"] == "user"]
+
     # -- scripting ---------------------------------------------------------
     def reply(self, text: str = "", **kwargs: Any) -> "FakeLLM":
         self.script.append(Reply(text=text, **kwargs))

@@ -11,6 +11,7 @@ import pytest
 from agent_runtime import Agent, ConfigError, InMemoryHistory, MCPServer, ServerMisconfigured
 from agent_runtime.builder import AgentBuilder, read_config_file
 from agent_runtime.llm import ChatModel, split_model
+from redis_store import history_stores  # noqa: F401
 
 
 @pytest.mark.parametrize("name, expected", [
@@ -69,8 +70,8 @@ def test_bad_model_settings(settings, message):
         Agent(name="a", **settings)
 
 
-async def test_history_is_bounded_by_whole_turns():
-    history = InMemoryHistory(max_sessions=2, max_messages=4)
+async def test_history_is_bounded_by_whole_turns(history_stores):  # noqa: F811
+    history = history_stores.make(max_messages=4)
     turn = [{"role": "user", "content": "q1"}, {"role": "assistant", "content": "a1"}]
     await history.append("s", turn)
     await history.append("s", [{"role": "user", "content": "q2"},
@@ -80,6 +81,7 @@ async def test_history_is_bounded_by_whole_turns():
     long_turn = [{"role": "user", "content": "q3"}] + [{"role": "tool", "content": str(i)} for i in range(5)]
     await history.append("s", long_turn)
     assert await history.load("s") == long_turn  # one turn longer than the bound stays whole
+    assert await history.load("other") == []
 
 
 async def test_history_drops_least_recently_used_sessions():

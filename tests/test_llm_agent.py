@@ -11,6 +11,7 @@ import grpc
 import pydantic
 import pytest
 from conftest import runtime_pb2, stub
+from redis_store import history_stores  # noqa: F401
 
 from agent_runtime import (Agent, AgentHooks, Blob, InvalidInput, MaxTurnsExceeded, ProviderRejected,
                            ProviderUnavailable, SessionManager, tool)
@@ -241,9 +242,9 @@ async def test_structured_output_in_python(fake_llm):
     assert result == Weather(city="Rome", celsius=21)
 
 
-async def test_history_continues_a_session(fake_llm, serve, channel_to):
+async def test_history_continues_a_session(fake_llm, serve, channel_to, history_stores):  # noqa: F811
     fake_llm.reply("Nice to meet you, Ada").reply("Your name is Ada").reply("Who are you?")
-    server = await serve(calc(fake_llm))
+    server = await serve(calc(fake_llm), **history_stores.settings)
     invoke = stub(channel_to(server.address)).Invoke
     for text, session in (("I am Ada", "s1"), ("What is my name?", "s1"), ("What is my name?", "s2")):
         await invoke(runtime_pb2.InvokeRequest(session_id=session, user_id="u",
@@ -254,9 +255,9 @@ async def test_history_continues_a_session(fake_llm, serve, channel_to):
     assert [m["content"] for m in third] == ["Use the tools.", "What is my name?"]
 
 
-async def test_history_keeps_tool_turns_whole(fake_llm):
+async def test_history_keeps_tool_turns_whole(fake_llm, history_stores):  # noqa: F811
     fake_llm.call(("add", {"a": 1, "b": 2})).reply("3").reply("again 3")
-    manager = SessionManager(calc(fake_llm))
+    manager = SessionManager(calc(fake_llm), history=history_stores.make())
     async with manager.session(user_id="u", session_id="s") as session:
         for text in ("1+2?", "and again?"):
             async with session.run(text) as runner:
@@ -266,9 +267,9 @@ async def test_history_keeps_tool_turns_whole(fake_llm):
     assert roles == ["system", "user", "assistant", "tool", "assistant", "user"]
 
 
-async def test_failed_run_leaves_history_alone(fake_llm):
+async def test_failed_run_leaves_history_alone(fake_llm, history_stores):  # noqa: F811
     fake_llm.fail(400).reply("fresh")
-    manager = SessionManager(calc(fake_llm))
+    manager = SessionManager(calc(fake_llm), history=history_stores.make())
     async with manager.session(session_id="s") as session:
         async with session.run("first") as runner:
             with pytest.raises(ProviderRejected):

@@ -91,6 +91,21 @@ class ServerConfig:
                                      "dropped first)", minimum=1)
     history_max_messages: int = _opt(100, "messages kept per conversation (oldest whole turns "
                                      "dropped first)", minimum=1)
+    store_url: str = _opt("", "redis:// or rediss:// (TLS) URL of a Redis or Valkey that replicas share "
+                          "run state in (conversations, runs, events); empty = all in process")
+    store_password_file: str = _opt("", "file holding the store's password (a mounted Secret), instead "
+                                    "of one in store_url")
+    store_prefix: str = _opt("agent-runtime:", "prefix of every key in the store, so several deployments "
+                             "can share one Redis")
+    store_history_ttl: float = _opt(86400.0, "seconds a conversation in the store is kept after its last "
+                                    "use (history_max_messages bounds it there too)", minimum=1)
+    store_run_ttl: float = _opt(3600.0, "seconds a run's record and events are kept in the store after "
+                                "its last event", minimum=1)
+    idempotency_ttl: float = _opt(3600.0, "seconds a request's idempotency_key attaches repeats to its "
+                                  "first run (in the store when there is one, else in this replica)",
+                                  minimum=1)
+    store_lease: float = _opt(10.0, "seconds a run's lease lasts; the replica holding the run renews it "
+                              "every third of that", minimum=0.1)
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -113,6 +128,10 @@ class ServerConfig:
         if (self.auth_operator_token or self.auth_operator_token_file) and not (self.auth_token or self.auth_token_file):
             raise ConfigError("an operator token needs auth on: set auth_token_file or "
                               f"{env_name('auth_token')} too")
+        if self.store_url and not self.store_url.startswith(("redis://", "rediss://")):
+            raise ConfigError("store_url must be a redis:// or rediss:// (TLS) URL")
+        if self.store_password_file and not self.store_url:
+            raise ConfigError("store_password_file needs store_url")
         if self.log_level.lower() not in ("debug", "info", "warning", "error"):
             raise ConfigError(f"log_level must be debug, info, warning or error, got {self.log_level!r}")
 

@@ -63,6 +63,24 @@ class StreamOverflow(AgentRuntimeError):
 
 class PermissionDenied(AgentRuntimeError):
     """The caller may not act on that run: it was started by another user_id."""
+class RunNotFound(AgentRuntimeError):
+    """No run of that id is known (to this caller)."""
+
+
+class StoreUnavailable(AgentRuntimeError):
+    """The shared store (`store_url`) did not answer."""
+
+
+class RunLost(AgentRuntimeError):
+    """The run a call attached to never started, or was lost with its replica."""
+
+
+class StoreRequired(AgentRuntimeError):
+    """The call needs the replicas to share a store, and none is configured."""
+
+
+class EventsExpired(AgentRuntimeError):
+    """Events a watcher asked for are no longer kept (the run's stream was trimmed)."""
 
 
 class Unauthenticated(AgentRuntimeError):

@@ -10,9 +10,10 @@ from google.protobuf.message import DecodeError
 from .._proto.agent_runtime.v1 import runtime_pb2 as pb
 from ..agent import AgentSpec
 from ..context import RunContext
-from ..errors import AgentError, InvalidInput
+from ..errors import AgentError, InvalidInput, RunCancelled, RunTimeout
 from ..events import EventType, RunEvent, RunStatus
 from ..runner import Runner
+from ..store.runs import RunRecord
 from ..payload import to_payload, to_python, to_value
 
 MAX_ID_CHARS = 256
@@ -66,7 +67,8 @@ def checked_metadata(metadata: Mapping[str, str]) -> dict[str, str]:
 
 
 _REQUEST_FIELDS = {pb.InvokeRequest.DESCRIPTOR.fields_by_name[name]: index for index, name in
-                   enumerate(("agent", "session_id", "user_id", "input", "metadata", "timeout"))}
+                   enumerate(("agent", "session_id", "user_id", "input", "metadata", "timeout", "background",
+                              "idempotency_key"))}
 
 
 def run_request(request: Any) -> tuple[str, str, str, Any, dict[str, str], float | None]:
@@ -78,10 +80,12 @@ def run_request(request: Any) -> tuple[str, str, str, Any, dict[str, str], float
     has what reading the six one by one cost)."""
     if type(request) is MalformedRequest:
         raise InvalidInput(f"request is not a valid InvokeRequest: {request.reason}")
-    values: list[Any] = ["", "", "", None, None, None]
+    values: list[Any] = ["", "", "", None, None, None, False, ""]
     for field, value in request.ListFields():
         values[_REQUEST_FIELDS[field]] = value
-    agent, session_id, user_id, payload, metadata, duration = values
+    agent, session_id, user_id, payload, metadata, duration, _, key = values  # background: the servicer's
+    if len(key) > MAX_ID_CHARS:
+        raise InvalidInput(f"idempotency_key is longer than {MAX_ID_CHARS} characters")
     if len(agent) > MAX_ID_CHARS or len(session_id) > MAX_ID_CHARS or len(user_id) > MAX_ID_CHARS:
         name = next(name for name, value in (("agent", agent), ("session_id", session_id), ("user_id", user_id))
                     if len(value) > MAX_ID_CHARS)
@@ -127,6 +131,26 @@ def set_output(target: pb.Payload, output: Any, run_id: str) -> None:
             raise AgentError(f"the agent's output cannot be sent: {exc}", run_id=run_id) from None
     else:
         target.CopyFrom(output_payload(output, run_id))
+
+
+def started_response(runner: Runner) -> pb.InvokeResponse:
+    """The reply to a background Invoke: the run's ids, no output yet."""
+    return pb.InvokeResponse(run_id=runner.run_id, agent=runner.agent.name, session_id=runner.session_id)
+
+
+_END_ERRORS = {pb.RUN_STATUS_CANCELLED: RunCancelled, pb.RUN_STATUS_TIMEOUT: RunTimeout}
+
+
+def ended_response(end: bytes, agent: str, session_id: str) -> pb.InvokeResponse:
+    """The reply to an Invoke attached to a run (by its idempotency key), from the run's
+    encoded end event; a run that did not end OK raises its error (as INTERNAL when it
+    failed: the original status code is not kept)."""
+    event = pb.InvokeEvent.FromString(end)
+    ended = event.ended
+    if ended.status != pb.RUN_STATUS_OK:
+        raise _END_ERRORS.get(ended.status, AgentError)(ended.error, run_id=event.run_id)
+    return pb.InvokeResponse(run_id=event.run_id, agent=agent, session_id=session_id, output=ended.output,
+                             usage=ended.usage)
 
 
 def invoke_response(runner: Runner, output: Any) -> pb.InvokeResponse:
@@ -236,6 +260,23 @@ def event_message(event: RunEvent) -> pb.InvokeEvent:
             return msg
     _FILL[kind](run, data, msg)
     return msg
+
+
+def encoded_event(event: RunEvent) -> bytes:
+    """The event's wire form, as kept in the store."""
+    return event_message(event).SerializeToString()
+
+
+def run_info(record: RunRecord) -> pb.RunInfo:
+    """`GetRun`'s answer: the record, and the run's end from its encoded `ended` event."""
+    info = pb.RunInfo(run_id=record.run_id, agent=record.agent, session_id=record.session_id,
+                      running=record.end is None, replica=record.replica)
+    info.created.FromNanoseconds(int(record.created * 1e9))
+    if record.end is not None:
+        end = pb.InvokeEvent.FromString(record.end)
+        info.ended.CopyFrom(end.time)
+        info.result.CopyFrom(end.ended)
+    return info
 
 
 def agent_info(spec: AgentSpec) -> pb.AgentInfo:

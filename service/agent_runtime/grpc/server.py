@@ -45,7 +45,12 @@ from ..history import InMemoryHistory
 from ..metrics import GrpcMetrics, MetricsEndpoint, MetricsSink
 from ..runlog import RunLogSink, configure as configure_logging
 from ..session import SessionManager
-from . import auth, redpanda, reflection, tls
+from ..store.connection import Store
+from ..store.idempotency import Claims, MemoryClaims, RedisClaims
+from ..store.runs import MemoryRuns, RedisRuns, RunRegistry
+from ..store.streams import RedisEvents
+from ..store.writer import StoreWriter
+from . import auth, messages, redpanda, reflection, tls
 from .instrument import ObservedRegistrar, RpcObserver
 from .servicer import SERVICE_NAME, AgentRuntimeServicer, method_handlers, unread_handlers
 
@@ -74,6 +79,7 @@ class RuntimeServer:
         if self.config.plugin_handshake:  # a host may launch several: nothing on fixed ports
             self.config = self.config.replace(host="127.0.0.1", port=0, metrics_port=0)
         cfg = self.config
+        self.store = Store.from_config(cfg)
         if manager is None:
             if agents is None:
                 from ..echo import echo_agent
@@ -83,10 +89,21 @@ class RuntimeServer:
                 agents, max_concurrency=cfg.max_concurrency, max_queue=cfg.max_queue,
                 queue_timeout=cfg.queue_timeout, per_user_limit=cfg.per_user_limit,
                 default_timeout=cfg.run_timeout or None, cancel_grace=cfg.cancel_grace,
-                history=InMemoryHistory(cfg.history_max_sessions, cfg.history_max_messages))
+                history=self._history())
         self.manager = manager
         for sink in sinks:
             manager.add_sink(sink)
+        self.writer = StoreWriter(self.store) if self.store is not None else None
+        self.runs: RunRegistry = (
+            MemoryRuns(messages.encoded_event) if self.store is None else
+            RedisRuns(self.store, self.writer, messages.encoded_event, ttl=cfg.store_run_ttl, lease=cfg.store_lease))
+        manager.add_sink(self.runs)
+        self.events: RedisEvents | None = None
+        self.claims: Claims = MemoryClaims(cfg.idempotency_ttl)
+        if self.store is not None:
+            self.events = RedisEvents(self.store, self.writer, messages.encoded_event, ttl=cfg.store_run_ttl)
+            manager.add_sink(self.events)
+            self.claims = RedisClaims(self.store, cfg.idempotency_ttl)
         self.observers: list[RpcObserver] = []
         if registry is None and (cfg.metrics_port or meter_provider is not None):
             from prometheus_client import CollectorRegistry, ProcessCollector
@@ -117,6 +134,15 @@ class RuntimeServer:
         self._server: grpc.aio.Server | None = None
         self._stopped: asyncio.Event | None = None
         self._shutdown_task: asyncio.Task | None = None
+
+    def _history(self) -> Any:
+        """Conversations in the store when there is one, else in memory."""
+        cfg = self.config
+        if self.store is None:
+            return InMemoryHistory(cfg.history_max_sessions, cfg.history_max_messages)
+        from ..store.history import RedisHistory
+
+        return RedisHistory(self.store, cfg.history_max_messages, cfg.store_history_ttl)
 
     @property
     def address(self) -> str:
@@ -151,11 +177,17 @@ class RuntimeServer:
         if self._server is not None:
             raise RuntimeError("the server has already started")
         cfg = self.config
+        if self.store is not None:
+            await self.store.check()
+            logger.info("sharing run state in the store at %s", self.store.where)
+            self.writer.start()
+        self.runs.start()
         credentials = tls.server_credentials(cfg)
         operator = auth.operator_token(cfg)
         server = grpc.aio.server(options=self.grpc_options(), interceptors=auth.interceptors(cfg, operator))
         registrar = ObservedRegistrar(server, self.observers)
-        servicer = AgentRuntimeServicer(self.manager, operator, cfg.max_message_bytes)
+        servicer = AgentRuntimeServicer(self.manager, operator, cfg.max_message_bytes, self.runs, self.events,
+                                        self.claims)
         registrar.add_registered_method_handlers(SERVICE_NAME, method_handlers(servicer))
         if len(self.manager.agents) == 1:
             registrar.add_gates(SERVICE_NAME, self.manager.admission, unread_handlers(servicer))
@@ -240,6 +272,7 @@ class RuntimeServer:
             await self._server.stop(grace=FINAL_GRACE)
             self._close_observability()
             await self.manager.aclose()
+            await self._close_store()
             self._stopped.set()
 
     async def abort(self) -> None:
@@ -249,7 +282,16 @@ class RuntimeServer:
             await self._server.stop(grace=0)
             self._close_observability()
             await self.manager.aclose()
+            await self._close_store()
             self._stopped.set()
+
+    async def _close_store(self) -> None:
+        """Stop renewing leases, send the writes still queued, close the connections; once."""
+        await self.runs.aclose()
+        if self.store is not None:
+            store, self.store = self.store, None
+            await self.writer.aclose()
+            await store.aclose()
 
     def _close_observability(self) -> None:
         """Stop serving /metrics and flush spans of a provider this server made; idempotent."""

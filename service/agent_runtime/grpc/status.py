@@ -7,9 +7,10 @@ import logging
 
 import grpc
 
-from ..errors import (AgentError, AgentNotFound, AgentRuntimeError, Draining, InvalidInput,
-                      Overloaded, PermissionDenied, ProviderRejected, ProviderUnavailable, RunCancelled, RunTimeout,
-                      ServerMisconfigured, StreamOverflow, TooLarge, Unauthenticated)
+from ..errors import (AgentError, AgentNotFound, AgentRuntimeError, Draining, EventsExpired, InvalidInput,
+                      Overloaded, PermissionDenied, ProviderRejected, ProviderUnavailable, RunCancelled, RunLost,
+                      RunNotFound, RunTimeout, ServerMisconfigured, StoreRequired, StoreUnavailable, StreamOverflow,
+                      TooLarge, Unauthenticated)
 
 logger = logging.getLogger("agent_runtime.grpc")
 
@@ -32,6 +33,11 @@ STATUS_CODES: dict[type[AgentRuntimeError], grpc.StatusCode] = {
     ProviderUnavailable: grpc.StatusCode.UNAVAILABLE,
     ProviderRejected: grpc.StatusCode.INVALID_ARGUMENT,
     ServerMisconfigured: grpc.StatusCode.FAILED_PRECONDITION,
+    RunNotFound: grpc.StatusCode.NOT_FOUND,
+    StoreUnavailable: grpc.StatusCode.UNAVAILABLE,
+    StoreRequired: grpc.StatusCode.FAILED_PRECONDITION,
+    RunLost: grpc.StatusCode.UNAVAILABLE,
+    EventsExpired: grpc.StatusCode.OUT_OF_RANGE,
 }
 
 

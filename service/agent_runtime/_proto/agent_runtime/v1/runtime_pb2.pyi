@@ -44,7 +44,7 @@ class Blob(_message.Message):
     def __init__(self, data: _Optional[bytes] = ..., media_type: _Optional[str] = ...) -> None: ...
 
 class InvokeRequest(_message.Message):
-    __slots__ = ("agent", "session_id", "user_id", "input", "metadata", "timeout")
+    __slots__ = ("agent", "session_id", "user_id", "input", "metadata", "timeout", "background", "idempotency_key")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -58,13 +58,17 @@ class InvokeRequest(_message.Message):
     INPUT_FIELD_NUMBER: _ClassVar[int]
     METADATA_FIELD_NUMBER: _ClassVar[int]
     TIMEOUT_FIELD_NUMBER: _ClassVar[int]
+    BACKGROUND_FIELD_NUMBER: _ClassVar[int]
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
     agent: str
     session_id: str
     user_id: str
     input: Payload
     metadata: _containers.ScalarMap[str, str]
     timeout: _duration_pb2.Duration
-    def __init__(self, agent: _Optional[str] = ..., session_id: _Optional[str] = ..., user_id: _Optional[str] = ..., input: _Optional[_Union[Payload, _Mapping]] = ..., metadata: _Optional[_Mapping[str, str]] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+    background: bool
+    idempotency_key: str
+    def __init__(self, agent: _Optional[str] = ..., session_id: _Optional[str] = ..., user_id: _Optional[str] = ..., input: _Optional[_Union[Payload, _Mapping]] = ..., metadata: _Optional[_Mapping[str, str]] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., background: _Optional[bool] = ..., idempotency_key: _Optional[str] = ...) -> None: ...
 
 class Usage(_message.Message):
     __slots__ = ("input_tokens", "output_tokens")
@@ -237,3 +241,41 @@ class CancelRunResponse(_message.Message):
     CANCELLED_FIELD_NUMBER: _ClassVar[int]
     cancelled: bool
     def __init__(self, cancelled: _Optional[bool] = ...) -> None: ...
+
+class GetRunRequest(_message.Message):
+    __slots__ = ("run_id", "user_id")
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    user_id: str
+    def __init__(self, run_id: _Optional[str] = ..., user_id: _Optional[str] = ...) -> None: ...
+
+class RunInfo(_message.Message):
+    __slots__ = ("run_id", "agent", "session_id", "running", "created", "ended", "replica", "result")
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    AGENT_FIELD_NUMBER: _ClassVar[int]
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    RUNNING_FIELD_NUMBER: _ClassVar[int]
+    CREATED_FIELD_NUMBER: _ClassVar[int]
+    ENDED_FIELD_NUMBER: _ClassVar[int]
+    REPLICA_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    agent: str
+    session_id: str
+    running: bool
+    created: _timestamp_pb2.Timestamp
+    ended: _timestamp_pb2.Timestamp
+    replica: str
+    result: RunEnded
+    def __init__(self, run_id: _Optional[str] = ..., agent: _Optional[str] = ..., session_id: _Optional[str] = ..., running: _Optional[bool] = ..., created: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ended: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., replica: _Optional[str] = ..., result: _Optional[_Union[RunEnded, _Mapping]] = ...) -> None: ...
+
+class WatchRunRequest(_message.Message):
+    __slots__ = ("run_id", "after_seq", "user_id")
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    AFTER_SEQ_FIELD_NUMBER: _ClassVar[int]
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    after_seq: int
+    user_id: str
+    def __init__(self, run_id: _Optional[str] = ..., after_seq: _Optional[int] = ..., user_id: _Optional[str] = ...) -> None: ...

@@ -54,6 +54,16 @@ class AgentRuntimeStub:
                 request_serializer=agent__runtime_dot_v1_dot_runtime__pb2.CancelRunRequest.SerializeToString,
                 response_deserializer=agent__runtime_dot_v1_dot_runtime__pb2.CancelRunResponse.FromString,
                 _registered_method=True)
+        self.GetRun = channel.unary_unary(
+                '/agent_runtime.v1.AgentRuntime/GetRun',
+                request_serializer=agent__runtime_dot_v1_dot_runtime__pb2.GetRunRequest.SerializeToString,
+                response_deserializer=agent__runtime_dot_v1_dot_runtime__pb2.RunInfo.FromString,
+                _registered_method=True)
+        self.WatchRun = channel.unary_stream(
+                '/agent_runtime.v1.AgentRuntime/WatchRun',
+                request_serializer=agent__runtime_dot_v1_dot_runtime__pb2.WatchRunRequest.SerializeToString,
+                response_deserializer=agent__runtime_dot_v1_dot_runtime__pb2.InvokeEvent.FromString,
+                _registered_method=True)
 
 
 class AgentRuntimeServicer:
@@ -88,6 +98,27 @@ class AgentRuntimeServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetRun(self, request, context):
+        """A run's record: whether it still runs, and its status, output or error once
+        it has ended. Any replica answers when the replicas share a store
+        (`store_url`); without one, the replica that ran it. NOT_FOUND for a run
+        that is unknown, expired, or was started by another user_id.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchRun(self, request, context):
+        """A run's events after `after_seq`, then its events as they happen, until
+        `ended`: in order, without gaps or duplicates, from any replica sharing a
+        store (FAILED_PRECONDITION without one). A client whose stream broke
+        resumes with the last seq it received, on any replica. OUT_OF_RANGE when
+        the events asked for are no longer kept.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AgentRuntimeServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -110,6 +141,16 @@ def add_AgentRuntimeServicer_to_server(servicer, server):
                     servicer.CancelRun,
                     request_deserializer=agent__runtime_dot_v1_dot_runtime__pb2.CancelRunRequest.FromString,
                     response_serializer=agent__runtime_dot_v1_dot_runtime__pb2.CancelRunResponse.SerializeToString,
+            ),
+            'GetRun': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetRun,
+                    request_deserializer=agent__runtime_dot_v1_dot_runtime__pb2.GetRunRequest.FromString,
+                    response_serializer=agent__runtime_dot_v1_dot_runtime__pb2.RunInfo.SerializeToString,
+            ),
+            'WatchRun': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchRun,
+                    request_deserializer=agent__runtime_dot_v1_dot_runtime__pb2.WatchRunRequest.FromString,
+                    response_serializer=agent__runtime_dot_v1_dot_runtime__pb2.InvokeEvent.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -220,6 +261,60 @@ class AgentRuntime:
             '/agent_runtime.v1.AgentRuntime/CancelRun',
             agent__runtime_dot_v1_dot_runtime__pb2.CancelRunRequest.SerializeToString,
             agent__runtime_dot_v1_dot_runtime__pb2.CancelRunResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetRun(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agent_runtime.v1.AgentRuntime/GetRun',
+            agent__runtime_dot_v1_dot_runtime__pb2.GetRunRequest.SerializeToString,
+            agent__runtime_dot_v1_dot_runtime__pb2.RunInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchRun(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/agent_runtime.v1.AgentRuntime/WatchRun',
+            agent__runtime_dot_v1_dot_runtime__pb2.WatchRunRequest.SerializeToString,
+            agent__runtime_dot_v1_dot_runtime__pb2.InvokeEvent.FromString,
             options,
             channel_credentials,
             insecure,
