@@ -20,7 +20,8 @@ async def test_list_describe_invoke_health(serve, grpcurl):
     address = server.address
     services = (await grpcurl_run(grpcurl, address, "list")).split()
     assert services == ["agent_runtime.v1.AgentRuntime", "grpc.health.v1.Health",
-                        "grpc.reflection.v1alpha.ServerReflection", "redpanda.runtime.v1alpha1.AgentRuntime",
+                        "grpc.reflection.v1alpha.ServerReflection", "lf.a2a.v1.A2AService",
+                        "redpanda.runtime.v1alpha1.AgentRuntime",
                         "redpanda.runtime.v1alpha1.Runtime"]
     described = await grpcurl_run(grpcurl, address, "describe", "agent_runtime.v1.AgentRuntime")
     assert "rpc InvokeStream ( .agent_runtime.v1.InvokeRequest ) returns ( stream .agent_runtime.v1.InvokeEvent )" in described

@@ -17,7 +17,7 @@ import threading
 import time
 from bisect import bisect_left
 from itertools import accumulate
-from typing import TYPE_CHECKING, Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
 
 import grpc
 from prometheus_client import CollectorRegistry, start_http_server
@@ -307,10 +307,13 @@ class MetricsEndpoint:
     """`/metrics` over HTTP for `registry`, served from a thread so scrapes never wait
     on the event loop (and a busy loop never delays a scrape)."""
 
-    def __init__(self, registry: CollectorRegistry, host: str, port: int) -> None:
+    def __init__(self, registry: CollectorRegistry, host: str, port: int,
+                 documents: Mapping[str, tuple[str, bytes]] | None = None) -> None:
+        """`documents` are served beside /metrics: path -> (content type, body)."""
         self.registry = registry
         self.host = host.strip("[]")
         self.port = port
+        self.documents = dict(documents or {})
         self._server: Any = None
         self._thread: threading.Thread | None = None
 
@@ -321,6 +324,8 @@ class MetricsEndpoint:
         except OSError as exc:
             raise OSError(f"cannot serve metrics on {self.host}:{self.port}: {exc}") from None
         self.port = self._server.server_address[1]
+        if self.documents:
+            self._server.set_app(_with_documents(self._server.get_app(), self.documents))
         return self.port
 
     def stop(self) -> None:
@@ -329,3 +334,19 @@ class MetricsEndpoint:
             server.shutdown()
             server.server_close()
             self._thread.join()
+
+
+def _with_documents(app: Any, documents: Mapping[str, tuple[str, bytes]]) -> Any:
+    """The WSGI `app`, with fixed documents answered at their paths (GET only)."""
+    def serve(environ: dict[str, Any], start_response: Any) -> Any:
+        document = documents.get(environ.get("PATH_INFO", ""))
+        if document is None:
+            return app(environ, start_response)
+        if environ.get("REQUEST_METHOD") not in ("GET", "HEAD"):
+            start_response("405 Method Not Allowed", [("Allow", "GET, HEAD")])
+            return [b""]
+        content_type, body = document
+        start_response("200 OK", [("Content-Type", content_type), ("Content-Length", str(len(body)))])
+        return [b""] if environ["REQUEST_METHOD"] == "HEAD" else [body]
+
+    return serve

@@ -7,7 +7,7 @@ import logging
 
 import grpc
 
-from ..errors import (AgentError, AgentNotFound, AgentRuntimeError, Draining, InvalidInput,
+from ..errors import (AgentError, AgentNotFound, AgentRuntimeError, Draining, InputRequired, InvalidInput,
                       Overloaded, ProviderRejected, ProviderUnavailable, RunCancelled, RunTimeout,
                       ServerMisconfigured, Unauthenticated)
 
@@ -29,6 +29,7 @@ STATUS_CODES: dict[type[AgentRuntimeError], grpc.StatusCode] = {
     ProviderUnavailable: grpc.StatusCode.UNAVAILABLE,
     ProviderRejected: grpc.StatusCode.INVALID_ARGUMENT,
     ServerMisconfigured: grpc.StatusCode.FAILED_PRECONDITION,
+    InputRequired: grpc.StatusCode.FAILED_PRECONDITION,
 }
 
 

@@ -1,0 +1,249 @@
+"""A2A's gRPC binding (`lf.a2a.v1.A2AService`), served beside our own API for every agent.
+
+A thin servicer over the SessionManager, as the AgentRuntime servicer is: each
+message is one run (admitted, limited, observed and traced as an Invoke), and the
+run's events become A2A task updates (a2a_tasks.py). The `tenant` of a request
+(or its metadata key `agent`) picks the agent, defaulting as Invoke does. The
+caller's bearer token (a hash of it, never the token) is the runs' user id, and
+tasks are visible to that user only. Failures before a task exists (bad input,
+an unknown agent, no capacity) are gRPC statuses with A2A error details
+(a2a_status.py); once a task exists, how its run ended is the task's state.
+Push notifications are not offered: those methods answer UNIMPLEMENTED.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from contextlib import aclosing
+from typing import Any, AsyncIterator
+
+import grpc
+from a2a.types import a2a_pb2 as a2a
+from a2a.utils.errors import (A2AError, InvalidParamsError, PushNotificationNotSupportedError,
+                              TaskNotCancelableError, TaskNotFoundError, UnsupportedOperationError)
+from google.protobuf import json_format, message_factory
+
+from ..errors import AgentRuntimeError, Draining, InputRequired, InvalidInput, RunCancelled
+from ..runner import Runner
+from ..session import SessionManager
+from . import messages
+from .a2a_parts import message_input, text_of
+from .a2a_status import abort
+from .a2a_tasks import TERMINAL, State, TaskRecord, TaskStore
+from .instrument import invocation_metadata
+from .servicer import _timeout
+from .status import unexpected
+
+SERVICE_NAME = a2a.DESCRIPTOR.services_by_name["A2AService"].full_name
+AGENT_KEY = "agent"  # request metadata key that names the agent when `tenant` does not
+MAX_PAGE_SIZE = 100
+DEFAULT_PAGE_SIZE = 50
+
+
+def caller(context: grpc.aio.ServicerContext) -> str:
+    """The caller's user id: a hash of its bearer token ('' without one)."""
+    for key, value in invocation_metadata(context):
+        if key == "authorization" and isinstance(value, str):
+            return "bearer:" + hashlib.sha256(value.partition(" ")[2].strip().encode()).hexdigest()[:16]
+    return ""
+
+
+def _metadata_text(struct: Any) -> dict[str, str]:
+    """The string entries of a request's metadata, handed to the agent as run metadata."""
+    return {key: value for key, value in json_format.MessageToDict(struct).items() if isinstance(value, str)}
+
+
+class A2AServicer:
+    def __init__(self, manager: SessionManager, card: a2a.AgentCard, tasks: TaskStore) -> None:
+        self.manager = manager
+        self.card = card
+        self.tasks = tasks
+
+    async def _task(self, task_id: str, context: grpc.aio.ServicerContext) -> TaskRecord:
+        """The caller's task `task_id`; TaskNotFoundError when there is none (or not the caller's)."""
+        if not task_id:
+            raise InvalidParamsError("the task id is required")
+        record = await self.tasks.get(task_id)
+        if record is None or record.owner != caller(context):
+            raise TaskNotFoundError(f"no task {task_id!r} (tasks are kept for a while, for their caller only)")
+        return record
+
+    async def _exchange(self, request: Any, context: grpc.aio.ServicerContext,
+                        started: list[TaskRecord]) -> AsyncIterator[a2a.StreamResponse]:
+        """One message: the run it starts (or continues its task with) and the updates of
+        that task, whose record is put in `started`. Closed early (its caller went
+        away), the run is cancelled and the task ends `canceled`."""
+        if isinstance(request, messages.MalformedRequest):
+            raise InvalidInput(f"request is not a valid SendMessageRequest: {request.reason}")
+        message = request.message
+        record = None
+        metadata = messages.checked_metadata({**_metadata_text(request.metadata),
+                                              **_metadata_text(message.metadata)})
+        if message.task_id:
+            record = await self._task(message.task_id, context)
+            if record.state != State.TASK_STATE_INPUT_REQUIRED:
+                raise UnsupportedOperationError(
+                    f"task {record.id} is {State.Name(record.state)}: only a task waiting for input takes "
+                    "another message; start a new task for a new request")
+            if message.context_id and message.context_id != record.task.context_id:
+                raise InvalidParamsError(f"context {message.context_id!r} is not the context of task {record.id}")
+            agent, session_id = record.agent, record.task.context_id
+            metadata["a2a.task_id"] = record.id
+        else:
+            agent = request.tenant or metadata.get(AGENT_KEY, "")
+            session_id = message.context_id
+            if len(session_id) > messages.MAX_ID_CHARS:
+                raise InvalidInput(f"context_id is longer than {messages.MAX_ID_CHARS} characters")
+        input = message_input(message)
+        user = caller(context)
+        manager = self.manager
+        runner = Runner(manager, manager.agent(agent or None), input, user, session_id, metadata,
+                        _timeout(None, context.time_remaining()))
+        async with runner:
+            if record is None:
+                record = TaskRecord(runner.run_id, runner.session_id, user, runner.agent.name)
+            started.append(record)
+            await self.tasks.put(record)
+            yield record.start(runner, message)
+            try:
+                async with aclosing(runner.event_batches()) as batches:
+                    async for batch in batches:
+                        for event in batch:
+                            for response in record.on_event(event):
+                                yield response
+                state, text = await self._outcome(runner, input)
+                yield record.finish(state, text)
+            finally:
+                if record.runner is runner:  # the caller went away, or the run could not be followed
+                    record.finish(State.TASK_STATE_CANCELED, "the caller went away before the run ended")
+                await self.tasks.put(record)
+
+    async def _outcome(self, runner: Runner, input: Any) -> tuple[int, str]:
+        """The state a run leaves its task in, and the message that goes with it."""
+        try:
+            await runner.result()
+        except InputRequired as exc:
+            if isinstance(input, str):  # the question joins the session's history, as an answer would
+                await runner.session.remember(runner.agent.name, [{"role": "user", "content": input},
+                                                                  {"role": "assistant", "content": exc.message}])
+            return State.TASK_STATE_INPUT_REQUIRED, exc.message
+        except (RunCancelled, Draining) as exc:
+            return State.TASK_STATE_CANCELED, exc.message
+        except AgentRuntimeError as exc:
+            return State.TASK_STATE_FAILED, exc.message
+        return State.TASK_STATE_COMPLETED, ""
+
+    async def SendMessage(self, request: Any, context: grpc.aio.ServicerContext) -> a2a.SendMessageResponse:
+        """The task once its run has ended (or waits for input)."""
+        started: list[TaskRecord] = []
+        try:
+            async with aclosing(self._exchange(request, context, started)) as responses:
+                async for _ in responses:
+                    pass
+            configuration = request.configuration
+            history = configuration.history_length if configuration.HasField("history_length") else None
+            return a2a.SendMessageResponse(task=started[0].snapshot(history))
+        except (AgentRuntimeError, A2AError) as exc:
+            await abort(context, exc)
+        except Exception as exc:
+            await abort(context, unexpected(exc, started[0].id if started else ""))
+
+    async def SendStreamingMessage(self, request: Any, context: grpc.aio.ServicerContext) -> None:
+        """The task, then its updates as its run goes."""
+        started: list[TaskRecord] = []
+        try:
+            async with aclosing(self._exchange(request, context, started)) as responses:
+                async for response in responses:
+                    await context.write(response)
+        except (AgentRuntimeError, A2AError) as exc:
+            await abort(context, exc)
+        except Exception as exc:
+            await abort(context, unexpected(exc, started[0].id if started else ""))
+
+    async def GetTask(self, request: Any, context: grpc.aio.ServicerContext) -> a2a.Task:
+        try:
+            record = await self._task(_field(request, "GetTaskRequest").id, context)
+            return record.snapshot(request.history_length if request.HasField("history_length") else None)
+        except (AgentRuntimeError, A2AError) as exc:
+            await abort(context, exc)
+
+    async def ListTasks(self, request: Any, context: grpc.aio.ServicerContext) -> a2a.ListTasksResponse:
+        try:
+            _field(request, "ListTasksRequest")
+            size = request.page_size if request.HasField("page_size") else DEFAULT_PAGE_SIZE
+            if not 1 <= size <= MAX_PAGE_SIZE:
+                raise InvalidParamsError(f"page_size must be 1-{MAX_PAGE_SIZE}")
+            try:
+                start = int(request.page_token or 0)
+            except ValueError:
+                raise InvalidParamsError("page_token is not one this server gave") from None
+            after = request.status_timestamp_after.ToSeconds() if request.HasField("status_timestamp_after") else None
+            user = caller(context)
+            found = [record for record in await self.tasks.list() if record.owner == user
+                     and (not request.context_id or record.task.context_id == request.context_id)
+                     and (not request.status or record.state == request.status)
+                     and (after is None or record.task.status.timestamp.ToSeconds() > after)]
+            history = request.history_length if request.HasField("history_length") else None
+            page = found[start:start + size]
+            return a2a.ListTasksResponse(
+                tasks=[record.snapshot(history, request.include_artifacts) for record in page],
+                next_page_token=str(start + size) if start + size < len(found) else "",
+                page_size=size, total_size=len(found))
+        except (AgentRuntimeError, A2AError) as exc:
+            await abort(context, exc)
+
+    async def CancelTask(self, request: Any, context: grpc.aio.ServicerContext) -> a2a.Task:
+        try:
+            record = await self._task(_field(request, "CancelTaskRequest").id, context)
+            if record.state in TERMINAL:
+                raise TaskNotCancelableError(f"task {record.id} has ended ({State.Name(record.state)})")
+            runner = record.runner
+            if runner is None:  # waiting for input: no run to stop
+                record.finish(State.TASK_STATE_CANCELED, "cancelled while waiting for input")
+                await self.tasks.put(record)
+            else:
+                self.manager.cancel_run(runner.run_id)
+                await record.wait_idle()  # bounded: the agent ends or is abandoned after cancel_grace
+            return record.snapshot()
+        except (AgentRuntimeError, A2AError) as exc:
+            await abort(context, exc)
+
+    async def SubscribeToTask(self, request: Any, context: grpc.aio.ServicerContext) -> None:
+        try:
+            record = await self._task(_field(request, "SubscribeToTaskRequest").id, context)
+            if record.runner is None:
+                raise UnsupportedOperationError(f"task {record.id} is {State.Name(record.state)}: there is no run "
+                                                "to follow; GetTask gives its state")
+            async with aclosing(record.subscribe()) as responses:
+                async for response in responses:
+                    await context.write(response)
+        except (AgentRuntimeError, A2AError) as exc:
+            await abort(context, exc)
+
+    async def GetExtendedAgentCard(self, request: Any, context: grpc.aio.ServicerContext) -> a2a.AgentCard:
+        return self.card
+
+    async def push_notifications(self, request: Any, context: grpc.aio.ServicerContext) -> None:
+        await abort(context, PushNotificationNotSupportedError(
+            "push notifications are not offered by this server (its agent card says push_notifications: "
+            "false): follow a task with SendStreamingMessage or SubscribeToTask"), grpc.StatusCode.UNIMPLEMENTED)
+
+
+def _field(request: Any, name: str) -> Any:
+    """`request`, unless it could not be decoded."""
+    if isinstance(request, messages.MalformedRequest):
+        raise InvalidInput(f"request is not a valid {name}: {request.reason}")
+    return request
+
+
+def method_handlers(servicer: A2AServicer) -> dict[str, grpc.RpcMethodHandler]:
+    """Handlers of every method of the service, with request parsing that maps undecodable
+    bytes to INVALID_ARGUMENT; the push-notification methods share one refusal."""
+    handlers = {}
+    for method in a2a.DESCRIPTOR.services_by_name["A2AService"].methods:
+        make = grpc.unary_stream_rpc_method_handler if method.server_streaming else grpc.unary_unary_rpc_method_handler
+        handlers[method.name] = make(
+            getattr(servicer, method.name, servicer.push_notifications),
+            request_deserializer=messages.parser(message_factory.GetMessageClass(method.input_type)),
+            response_serializer=message_factory.GetMessageClass(method.output_type).SerializeToString)
+    return handlers
