@@ -322,3 +322,28 @@ async def test_the_card_names_the_bound_address_by_default(serve):
     server = await serve()
     [interface] = server.a2a_card.supported_interfaces
     assert interface.url == server.address and not interface.tenant
+
+
+async def test_input_required_over_invoke_is_failed_precondition_with_the_question(serve, channel_to):
+    from agent_runtime._proto.agent_runtime.v1 import runtime_pb2
+    from conftest import stub
+
+    server = await serve(ask_name)
+    error = await refused(stub(channel_to(server.address)).Invoke(
+        runtime_pb2.InvokeRequest(input=runtime_pb2.Payload(text="hello"))))
+    assert error.code() == grpc.StatusCode.FAILED_PRECONDITION and error.details() == "what is your name?"
+
+
+async def test_the_callers_deadline_bounds_the_run_and_fails_the_task(serve, channel_to):
+    server = await serve(words)
+    stub = a2a_stub(channel_to(server.address))
+    try:
+        task = (await stub.SendMessage(send("pause=0.4 a b c d e f"), timeout=1.0)).task
+    except grpc.aio.AioRpcError as error:  # the reply lost the race with the deadline
+        assert error.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        await wait_until(lambda: not server.manager.runs, "the run to end")
+        [record] = await server.a2a_tasks.list()
+        task = record.snapshot()
+    assert task.status.state == State.TASK_STATE_FAILED
+    assert "time limit" in task.status.message.parts[0].text
+    assert not server.manager.runs
