@@ -11,12 +11,9 @@ from __future__ import annotations
 from typing import Any
 
 from a2a.types import a2a_pb2 as a2a
-from google.protobuf import json_format
 
 from ..errors import InvalidInput
-from ..events import RunEvent
 from ..payload import OCTET_STREAM, Blob, to_value, value_to_python
-from . import messages
 
 TEXT = "text/plain"
 JSON = "application/json"
@@ -66,7 +63,3 @@ def text_of(message: a2a.Message) -> str:
     """The text parts of a message, joined by newlines."""
     return "\n".join(part.text for part in message.parts if part.WhichOneof("content") == "text")
 
-
-def event_metadata(event: RunEvent) -> dict[str, Any]:
-    """An event as status-update metadata: the runtime's own InvokeEvent in its JSON form."""
-    return {"agent_runtime.event": json_format.MessageToDict(messages.event_message(event))}

@@ -16,12 +16,14 @@ from collections import OrderedDict
 from typing import Any, AsyncIterator, Protocol
 
 from a2a.types import a2a_pb2 as a2a
+from google.protobuf import json_format
 
 from ..context import new_id
 from ..errors import Overloaded
 from ..events import EventType, RunEvent
 from ..runner import Runner
-from .a2a_parts import event_metadata, output_part
+from . import messages
+from .a2a_parts import output_part
 
 State = a2a.TaskState
 TERMINAL = frozenset((State.TASK_STATE_COMPLETED, State.TASK_STATE_FAILED, State.TASK_STATE_CANCELED,
@@ -39,6 +41,11 @@ def _status(state: int, text: str = "") -> a2a.TaskStatus:
         status.message.CopyFrom(a2a.Message(message_id=new_id(), role=a2a.Role.ROLE_AGENT,
                                             parts=[a2a.Part(text=text)]))
     return status
+
+
+def event_metadata(event: RunEvent) -> dict[str, Any]:
+    """An event as status-update metadata: the runtime's own InvokeEvent in its JSON form."""
+    return {"agent_runtime.event": json_format.MessageToDict(messages.event_message(event))}
 
 
 class TaskRecord:
