@@ -347,3 +347,18 @@ async def test_the_callers_deadline_bounds_the_run_and_fails_the_task(serve, cha
     assert task.status.state == State.TASK_STATE_FAILED
     assert "time limit" in task.status.message.parts[0].text
     assert not server.manager.runs
+
+
+async def test_a_task_takes_one_answer_at_a_time(serve, channel_to):
+    server = await serve([ask_name, words], max_concurrency=1)
+    stub = a2a_stub(channel_to(server.address))
+    asked = (await stub.SendMessage(send("hello", tenant="ask_name"))).task
+    busy = stub.SendStreamingMessage(send("pause=0.2 a b c d e f g h i j", tenant="words"))
+    await busy.read()  # holds the only slot
+    first = asyncio.ensure_future(stub.SendMessage(send("Ada", task_id=asked.id)))
+    await wait_until(lambda: server.manager.admission.waiting == 1, "the first answer to queue")
+    error = await refused(stub.SendMessage(send("Bob", task_id=asked.id)))
+    assert error.code() == grpc.StatusCode.FAILED_PRECONDITION and "being answered" in error.details()
+    busy.cancel()
+    answered = (await first).task
+    assert [p.text for p in answered.artifacts[-1].parts] == ["hello Ada"]

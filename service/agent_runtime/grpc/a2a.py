@@ -81,10 +81,10 @@ class A2AServicer:
                                               **_metadata_text(message.metadata)})
         if message.task_id:
             record = await self._task(message.task_id, context)
-            if record.state != State.TASK_STATE_INPUT_REQUIRED:
+            if record.state != State.TASK_STATE_INPUT_REQUIRED or record.answering:
                 raise UnsupportedOperationError(
-                    f"task {record.id} is {State.Name(record.state)}: only a task waiting for input takes "
-                    "another message; start a new task for a new request")
+                    f"task {record.id} is {State.Name(record.state)}{' and being answered' if record.answering else ''}"
+                    ": only a task waiting for input takes another message; start a new task for a new request")
             if message.context_id and message.context_id != record.task.context_id:
                 raise InvalidParamsError(f"context {message.context_id!r} is not the context of task {record.id}")
             agent, session_id = record.agent, record.task.context_id
@@ -94,29 +94,36 @@ class A2AServicer:
             session_id = message.context_id
             if len(session_id) > messages.MAX_ID_CHARS:
                 raise InvalidInput(f"context_id is longer than {messages.MAX_ID_CHARS} characters")
-        input = message_input(message)
-        user = caller(context)
-        manager = self.manager
-        runner = Runner(manager, manager.agent(agent or None), input, user, session_id, metadata,
-                        _timeout(None, context.time_remaining()))
-        async with runner:
-            if record is None:
-                record = TaskRecord(runner.run_id, runner.session_id, user, runner.agent.name)
-            started.append(record)
-            await self.tasks.put(record)
-            yield record.start(runner, message)
-            try:
-                async with aclosing(runner.event_batches()) as batches:
-                    async for batch in batches:
-                        for event in batch:
-                            for response in record.on_event(event):
-                                yield response
-                state, text = await self._outcome(runner, input)
-                yield record.finish(state, text)
-            finally:
-                if record.runner is runner:  # the caller went away, or the run could not be followed
-                    record.finish(State.TASK_STATE_CANCELED, "the caller went away before the run ended")
+        answered = record
+        if answered is not None:  # one answer at a time: claimed before the first await
+            answered.answering = True
+        try:
+            input = message_input(message)
+            user = caller(context)
+            manager = self.manager
+            runner = Runner(manager, manager.agent(agent or None), input, user, session_id, metadata,
+                            _timeout(None, context.time_remaining()))
+            async with runner:
+                if record is None:
+                    record = TaskRecord(runner.run_id, runner.session_id, user, runner.agent.name)
+                started.append(record)
                 await self.tasks.put(record)
+                yield record.start(runner, message)
+                try:
+                    async with aclosing(runner.event_batches()) as batches:
+                        async for batch in batches:
+                            for event in batch:
+                                for response in record.on_event(event):
+                                    yield response
+                    state, text = await self._outcome(runner, input)
+                    yield record.finish(state, text)
+                finally:
+                    if record.runner is runner:  # the caller went away, or the run could not be followed
+                        record.finish(State.TASK_STATE_CANCELED, "the caller went away before the run ended")
+                    await self.tasks.put(record)
+        finally:
+            if answered is not None:
+                answered.answering = False
 
     async def _outcome(self, runner: Runner, input: Any) -> tuple[int, str]:
         """The state a run leaves its task in, and the message that goes with it."""

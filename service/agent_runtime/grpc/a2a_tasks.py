@@ -57,6 +57,7 @@ class TaskRecord:
         self.owner = owner
         self.agent = agent
         self.runner: Runner | None = None
+        self.answering = False  # a message to this task (waiting for input) is being admitted
         self.updated = time.time()
         self._subscribers: set[asyncio.Queue] = set()
         self._chunked = False
