@@ -138,7 +138,7 @@ async def test_tenant_picks_the_agent_and_is_required_with_several(serve, channe
     error = await refused(stub.SendMessage(send("x")))
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and "several agents" in error.details()
     reply = await stub.SendMessage(send("a b", tenant="words"))
-    assert [part.text for part in reply.task.artifacts[0].parts] == ["a ", "b"]
+    assert [part.text for part in reply.task.artifacts[0].parts] == ["a b"]  # text chunks joined in the task
     by_metadata = send("c d")
     by_metadata.metadata.update({"agent": "words"})
     assert (await stub.SendMessage(by_metadata)).task.status.state == State.TASK_STATE_COMPLETED
@@ -273,6 +273,9 @@ async def test_metrics_and_spans_as_invoke(serve, channel_to, spans):
     assert registry.get_sample_value("agent_runtime_runs_total", {"agent": "echo", "status": "ok"}) == 1
     names = {"invoke_agent echo", "lf.a2a.v1.A2AService/SendMessage"}
     await wait_until(lambda: names <= {span.name for span in exporter.get_finished_spans()}, "the spans")
+    by_name = {span.name: span for span in exporter.get_finished_spans()}
+    rpc, run = by_name["lf.a2a.v1.A2AService/SendMessage"], by_name["invoke_agent echo"]
+    assert run.parent.span_id == rpc.context.span_id and run.context.trace_id == rpc.context.trace_id
 
 
 async def test_grpcurl_lists_describes_and_sends_json(serve, grpcurl):
@@ -362,3 +365,35 @@ async def test_a_task_takes_one_answer_at_a_time(serve, channel_to):
     busy.cancel()
     answered = (await first).task
     assert [p.text for p in answered.artifacts[-1].parts] == ["hello Ada"]
+
+
+@pytest.mark.parametrize("output", ["one", "chunks"])
+async def test_output_with_no_wire_form_fails_the_task(serve, channel_to, output):
+    async def unsendable(input: Any) -> Any:
+        return object()
+
+    async def unsendable_chunks(input: Any):
+        yield "fine "
+        yield object()
+
+    server = await serve(unsendable if output == "one" else unsendable_chunks)
+    stub = a2a_stub(channel_to(server.address))
+    task = (await stub.SendMessage(send("x"))).task
+    assert task.status.state == State.TASK_STATE_FAILED
+    assert "cannot be sent" in task.status.message.parts[0].text
+    await wait_until(lambda: not server.manager.runs, "the run to end")
+    assert (await stub.GetTask(a2a.GetTaskRequest(id=task.id))).status.state == State.TASK_STATE_FAILED
+
+
+async def test_an_unexpected_failure_is_internal_and_keeps_its_detail_in_the_log(serve, channel_to, caplog):
+    server = await serve()
+
+    async def broken_store(task_id: str) -> Any:
+        raise RuntimeError("store detail")
+
+    server.a2a_tasks.get = broken_store  # a store that fails, as a shared one may
+    stub = a2a_stub(channel_to(server.address))
+    error = await refused(stub.GetTask(a2a.GetTaskRequest(id="t")))
+    assert error.code() == grpc.StatusCode.INTERNAL and "store detail" not in error.details()
+    assert "store detail" in caplog.text
+    await _keeps_serving(stub)

@@ -13,6 +13,7 @@ Push notifications are not offered: those methods answer UNIMPLEMENTED.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from contextlib import aclosing
 from typing import Any, AsyncIterator
@@ -23,11 +24,11 @@ from a2a.utils.errors import (A2AError, InvalidParamsError, PushNotificationNotS
                               TaskNotCancelableError, TaskNotFoundError, UnsupportedOperationError)
 from google.protobuf import json_format, message_factory
 
-from ..errors import AgentRuntimeError, Draining, InputRequired, InvalidInput, RunCancelled
+from ..errors import AgentError, AgentRuntimeError, Draining, InputRequired, InvalidInput, RunCancelled
 from ..runner import Runner
 from ..session import SessionManager
 from . import messages
-from .a2a_parts import message_input, text_of
+from .a2a_parts import message_input
 from .a2a_status import abort
 from .a2a_tasks import TERMINAL, State, TaskRecord, TaskStore
 from .instrument import invocation_metadata
@@ -53,6 +54,24 @@ def _metadata_text(struct: Any) -> dict[str, str]:
     return {key: value for key, value in json_format.MessageToDict(struct).items() if isinstance(value, str)}
 
 
+def _answers(method: Any) -> Any:
+    """`method` under A2A's error model: a request that could not be decoded, A2A's errors
+    and the runtime's end the call with their status and details; anything else is an
+    internal error, its stack in the log and not in the reply."""
+    @functools.wraps(method)
+    async def answer(self: "A2AServicer", request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            if isinstance(request, messages.MalformedRequest):
+                raise InvalidInput(f"request is not a valid {method.__name__} request: {request.reason}")
+            return await method(self, request, context)
+        except (AgentRuntimeError, A2AError) as exc:
+            await abort(context, exc)
+        except Exception as exc:
+            await abort(context, unexpected(exc))
+
+    return answer
+
+
 class A2AServicer:
     def __init__(self, manager: SessionManager, card: a2a.AgentCard, tasks: TaskStore) -> None:
         self.manager = manager
@@ -73,8 +92,6 @@ class A2AServicer:
         """One message: the run it starts (or continues its task with) and the updates of
         that task, whose record is put in `started`. Closed early (its caller went
         away), the run is cancelled and the task ends `canceled`."""
-        if isinstance(request, messages.MalformedRequest):
-            raise InvalidInput(f"request is not a valid SendMessageRequest: {request.reason}")
         message = request.message
         record = None
         metadata = messages.checked_metadata({**_metadata_text(request.metadata),
@@ -110,12 +127,15 @@ class A2AServicer:
                 await self.tasks.put(record)
                 yield record.start(runner, message)
                 try:
-                    async with aclosing(runner.event_batches()) as batches:
-                        async for batch in batches:
-                            for event in batch:
-                                for response in record.on_event(event):
-                                    yield response
-                    state, text = await self._outcome(runner, input)
+                    try:
+                        async with aclosing(runner.event_batches()) as batches:
+                            async for batch in batches:
+                                for event in batch:
+                                    for response in record.on_event(event):
+                                        yield response
+                        state, text = await self._outcome(runner, input)
+                    except AgentError as exc:  # output with no A2A form: the run is cancelled as it is left
+                        state, text = State.TASK_STATE_FAILED, exc.message
                     yield record.finish(state, text)
                 finally:
                     if record.runner is runner:  # the caller went away, or the run could not be followed
@@ -140,92 +160,74 @@ class A2AServicer:
             return State.TASK_STATE_FAILED, exc.message
         return State.TASK_STATE_COMPLETED, ""
 
+    @_answers
     async def SendMessage(self, request: Any, context: grpc.aio.ServicerContext) -> a2a.SendMessageResponse:
         """The task once its run has ended (or waits for input)."""
         started: list[TaskRecord] = []
-        try:
-            async with aclosing(self._exchange(request, context, started)) as responses:
-                async for _ in responses:
-                    pass
-            configuration = request.configuration
-            history = configuration.history_length if configuration.HasField("history_length") else None
-            return a2a.SendMessageResponse(task=started[0].snapshot(history))
-        except (AgentRuntimeError, A2AError) as exc:
-            await abort(context, exc)
-        except Exception as exc:
-            await abort(context, unexpected(exc, started[0].id if started else ""))
+        async with aclosing(self._exchange(request, context, started)) as responses:
+            async for _ in responses:
+                pass
+        configuration = request.configuration
+        history = configuration.history_length if configuration.HasField("history_length") else None
+        return a2a.SendMessageResponse(task=started[0].snapshot(history))
 
+    @_answers
     async def SendStreamingMessage(self, request: Any, context: grpc.aio.ServicerContext) -> None:
         """The task, then its updates as its run goes."""
-        started: list[TaskRecord] = []
-        try:
-            async with aclosing(self._exchange(request, context, started)) as responses:
-                async for response in responses:
-                    await context.write(response)
-        except (AgentRuntimeError, A2AError) as exc:
-            await abort(context, exc)
-        except Exception as exc:
-            await abort(context, unexpected(exc, started[0].id if started else ""))
+        async with aclosing(self._exchange(request, context, [])) as responses:
+            async for response in responses:
+                await context.write(response)
 
+    @_answers
     async def GetTask(self, request: Any, context: grpc.aio.ServicerContext) -> a2a.Task:
-        try:
-            record = await self._task(_field(request, "GetTaskRequest").id, context)
-            return record.snapshot(request.history_length if request.HasField("history_length") else None)
-        except (AgentRuntimeError, A2AError) as exc:
-            await abort(context, exc)
+        record = await self._task(request.id, context)
+        return record.snapshot(request.history_length if request.HasField("history_length") else None)
 
+    @_answers
     async def ListTasks(self, request: Any, context: grpc.aio.ServicerContext) -> a2a.ListTasksResponse:
+        size = request.page_size if request.HasField("page_size") else DEFAULT_PAGE_SIZE
+        if not 1 <= size <= MAX_PAGE_SIZE:
+            raise InvalidParamsError(f"page_size must be 1-{MAX_PAGE_SIZE}")
         try:
-            _field(request, "ListTasksRequest")
-            size = request.page_size if request.HasField("page_size") else DEFAULT_PAGE_SIZE
-            if not 1 <= size <= MAX_PAGE_SIZE:
-                raise InvalidParamsError(f"page_size must be 1-{MAX_PAGE_SIZE}")
-            try:
-                start = int(request.page_token or 0)
-            except ValueError:
-                raise InvalidParamsError("page_token is not one this server gave") from None
-            after = request.status_timestamp_after.ToSeconds() if request.HasField("status_timestamp_after") else None
-            user = caller(context)
-            found = [record for record in await self.tasks.list() if record.owner == user
-                     and (not request.context_id or record.task.context_id == request.context_id)
-                     and (not request.status or record.state == request.status)
-                     and (after is None or record.task.status.timestamp.ToSeconds() > after)]
-            history = request.history_length if request.HasField("history_length") else None
-            page = found[start:start + size]
-            return a2a.ListTasksResponse(
-                tasks=[record.snapshot(history, request.include_artifacts) for record in page],
-                next_page_token=str(start + size) if start + size < len(found) else "",
-                page_size=size, total_size=len(found))
-        except (AgentRuntimeError, A2AError) as exc:
-            await abort(context, exc)
+            start = int(request.page_token or 0)
+        except ValueError:
+            raise InvalidParamsError("page_token is not one this server gave") from None
+        after = request.status_timestamp_after.ToNanoseconds() if request.HasField("status_timestamp_after") else None
+        user = caller(context)
+        found = [record for record in await self.tasks.list() if record.owner == user
+                 and (not request.context_id or record.task.context_id == request.context_id)
+                 and (not request.status or record.state == request.status)
+                 and (after is None or record.task.status.timestamp.ToNanoseconds() > after)]
+        history = request.history_length if request.HasField("history_length") else None
+        page = found[start:start + size]
+        return a2a.ListTasksResponse(
+            tasks=[record.snapshot(history, request.include_artifacts) for record in page],
+            next_page_token=str(start + size) if start + size < len(found) else "",
+            page_size=size, total_size=len(found))
 
+    @_answers
     async def CancelTask(self, request: Any, context: grpc.aio.ServicerContext) -> a2a.Task:
-        try:
-            record = await self._task(_field(request, "CancelTaskRequest").id, context)
-            if record.state in TERMINAL:
-                raise TaskNotCancelableError(f"task {record.id} has ended ({State.Name(record.state)})")
-            runner = record.runner
-            if runner is None:  # waiting for input: no run to stop
-                record.finish(State.TASK_STATE_CANCELED, "cancelled while waiting for input")
-                await self.tasks.put(record)
-            else:
-                self.manager.cancel_run(runner.run_id)
-                await record.wait_idle()  # bounded: the agent ends or is abandoned after cancel_grace
-            return record.snapshot()
-        except (AgentRuntimeError, A2AError) as exc:
-            await abort(context, exc)
+        record = await self._task(request.id, context)
+        if record.state in TERMINAL:
+            raise TaskNotCancelableError(f"task {record.id} has ended ({State.Name(record.state)})")
+        runner = record.runner
+        if runner is None:  # waiting for input: no run to stop
+            record.finish(State.TASK_STATE_CANCELED, "cancelled while waiting for input")
+            await self.tasks.put(record)
+        else:
+            self.manager.cancel_run(runner.run_id)
+            await record.wait_idle()  # bounded: the agent ends or is abandoned after cancel_grace
+        return record.snapshot()
 
+    @_answers
     async def SubscribeToTask(self, request: Any, context: grpc.aio.ServicerContext) -> None:
-        try:
-            record = await self._task(_field(request, "SubscribeToTaskRequest").id, context)
-            if record.runner is None:
-                raise UnsupportedOperationError(f"task {record.id} is {State.Name(record.state)}: there is no run "
-                                                "to follow; GetTask gives its state")
-            async with aclosing(record.subscribe()) as responses:
-                async for response in responses:
-                    await context.write(response)
-        except (AgentRuntimeError, A2AError) as exc:
-            await abort(context, exc)
+        record = await self._task(request.id, context)
+        if record.runner is None:
+            raise UnsupportedOperationError(f"task {record.id} is {State.Name(record.state)}: there is no run "
+                                            "to follow; GetTask gives its state")
+        async with aclosing(record.subscribe()) as responses:
+            async for response in responses:
+                await context.write(response)
 
     async def GetExtendedAgentCard(self, request: Any, context: grpc.aio.ServicerContext) -> a2a.AgentCard:
         return self.card
@@ -234,13 +236,6 @@ class A2AServicer:
         await abort(context, PushNotificationNotSupportedError(
             "push notifications are not offered by this server (its agent card says push_notifications: "
             "false): follow a task with SendStreamingMessage or SubscribeToTask"), grpc.StatusCode.UNIMPLEMENTED)
-
-
-def _field(request: Any, name: str) -> Any:
-    """`request`, unless it could not be decoded."""
-    if isinstance(request, messages.MalformedRequest):
-        raise InvalidInput(f"request is not a valid {name}: {request.reason}")
-    return request
 
 
 def method_handlers(servicer: A2AServicer) -> dict[str, grpc.RpcMethodHandler]:

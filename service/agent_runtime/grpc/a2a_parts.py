@@ -57,9 +57,3 @@ def output_part(output: Any) -> a2a.Part:
     if isinstance(output, (bytes, bytearray, memoryview)):
         return a2a.Part(raw=bytes(output), media_type=OCTET_STREAM)
     return a2a.Part(data=to_value(output), media_type=JSON)
-
-
-def text_of(message: a2a.Message) -> str:
-    """The text parts of a message, joined by newlines."""
-    return "\n".join(part.text for part in message.parts if part.WhichOneof("content") == "text")
-

@@ -19,7 +19,7 @@ from a2a.types import a2a_pb2 as a2a
 from google.protobuf import json_format
 
 from ..context import new_id
-from ..errors import Overloaded
+from ..errors import AgentError, Overloaded
 from ..events import EventType, RunEvent
 from ..runner import Runner
 from . import messages
@@ -61,6 +61,10 @@ class TaskRecord:
         self.updated = time.time()
         self._subscribers: set[asyncio.Queue] = set()
         self._chunked = False
+        # The text of the snapshot's last part while a run's chunks are text: joined when the
+        # snapshot is read, not once a chunk (a token) as it comes.
+        self._text: list[str] | None = None
+        self._text_pending = False
         self._idle = asyncio.Event()
         self._idle.set()
 
@@ -74,8 +78,9 @@ class TaskRecord:
 
     def start(self, runner: Runner, message: a2a.Message) -> a2a.StreamResponse:
         """The task enters `runner`'s run with the caller's `message`; the task as it stands."""
+        self._join_text()
         self.runner = runner
-        self._chunked = False
+        self._chunked, self._text = False, None
         self._idle.clear()
         turn = self.task.history.add()
         turn.CopyFrom(message)
@@ -105,6 +110,7 @@ class TaskRecord:
         """The run ended: the task moves to `state` (its message `text`); subscribers end."""
         response = self._status_update(state, text, {})
         self._publish(response)
+        self._join_text()
         self.runner = None
         for queue in self._subscribers:
             queue.put_nowait(_END)
@@ -117,6 +123,7 @@ class TaskRecord:
         await self._idle.wait()
 
     def snapshot(self, history_length: int | None = None, artifacts: bool = True) -> a2a.Task:
+        self._join_text()
         task = a2a.Task()
         task.CopyFrom(self.task)
         if history_length is not None:
@@ -152,6 +159,12 @@ class TaskRecord:
             else:
                 queue.put_nowait(response)
 
+    def _join_text(self) -> None:
+        """Write the text chunks joined so far into the snapshot's last part."""
+        if self._text_pending:
+            self.task.artifacts[-1].parts[-1].text = "".join(self._text)
+            self._text_pending = False
+
     def _touch(self) -> None:
         self.updated = time.time()
 
@@ -167,14 +180,24 @@ class TaskRecord:
     def _artifact(self, output: Any, last: bool) -> a2a.StreamResponse:
         """An artifact update of the run's output: its first chunk starts the run's
         artifact (named by the run id), later ones are appended to it."""
-        part = output_part(output)
+        try:
+            part = output_part(output)
+        except (TypeError, ValueError) as exc:
+            raise AgentError(f"the agent's output cannot be sent: {exc}", run_id=self.runner.run_id) from None
         append = self._chunked
         self._chunked = True
-        artifact_id = self.runner.run_id if self.runner is not None else self.task.id
-        if append:
-            self.task.artifacts[-1].parts.append(part)
+        artifact_id = self.runner.run_id
+        text = part.WhichOneof("content") == "text"
+        if append and text and self._text is not None:  # joins the last part's text
+            self._text.append(part.text)
+            self._text_pending = True
         else:
-            self.task.artifacts.add(artifact_id=artifact_id, name="output", parts=[part])
+            self._join_text()
+            if append:
+                self.task.artifacts[-1].parts.append(part)
+            else:
+                self.task.artifacts.add(artifact_id=artifact_id, name="output", parts=[part])
+            self._text = [part.text] if text else None
         self._touch()
         update = a2a.TaskArtifactUpdateEvent(
             task_id=self.task.id, context_id=self.task.context_id, append=append, last_chunk=last,
