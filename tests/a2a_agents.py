@@ -1,6 +1,6 @@
 """The agents the A2A tests talk to: as runtime agents (`a2a_agents:words`, served by
-`agent-runtime serve`) and the same behaviour as an a2a-sdk `AgentExecutor`, for the
-SDK's own reference server, so both servers are held to one client test.
+`agent-runtime serve`) and the same behaviour as an a2a-sdk `AgentExecutor` in the
+SDK's own reference server (`reference_server`), so both are held to one client test.
 
 `words` streams the words of its input one by one, each with its trailing space;
 an input starting `pause=S ` waits S seconds before each word.
@@ -12,10 +12,15 @@ import asyncio
 import re
 from typing import Any
 
+import grpc
 from a2a.helpers.proto_helpers import new_task, new_text_part
 from a2a.server.agent_execution import AgentExecutor, RequestContext
 from a2a.server.events.event_queue_v2 import EventQueue
+from a2a.server.request_handlers import DefaultRequestHandler, GrpcHandler
+from a2a.server.tasks import InMemoryTaskStore
 from a2a.server.tasks.task_updater import TaskUpdater
+from a2a.types import a2a_pb2 as a2a
+from a2a.types import a2a_pb2_grpc
 from a2a.types.a2a_pb2 import TaskState
 
 from agent_runtime import InputRequired, current_run
@@ -66,3 +71,22 @@ class WordsExecutor(AgentExecutor):
 
     async def cancel(self, context: RequestContext, event_queue: EventQueue) -> None:
         await TaskUpdater(event_queue, context.task_id, context.context_id).cancel()
+
+
+async def reference_server() -> tuple[grpc.aio.Server, a2a.AgentCard, DefaultRequestHandler]:
+    """The a2a-sdk's own server (its request handler, task store and gRPC handler) on
+    127.0.0.1:0 with `WordsExecutor`: (server, card, handler); stop the server and
+    `aclose` the handler."""
+    server = grpc.aio.server()
+    port = server.add_insecure_port("127.0.0.1:0")
+    card = a2a.AgentCard(
+        name="words", description="streams words", version="1.0",
+        supported_interfaces=[a2a.AgentInterface(url=f"127.0.0.1:{port}", protocol_binding="GRPC",
+                                                 protocol_version="1.0")],
+        capabilities=a2a.AgentCapabilities(streaming=True, push_notifications=False),
+        default_input_modes=["text/plain"], default_output_modes=["text/plain"],
+        skills=[a2a.AgentSkill(id="words", name="words", description="streams words", tags=["words"])])
+    handler = DefaultRequestHandler(WordsExecutor(), InMemoryTaskStore(), card)
+    a2a_pb2_grpc.add_A2AServiceServicer_to_server(GrpcHandler(handler), server)
+    await server.start()
+    return server, card, handler

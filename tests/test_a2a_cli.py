@@ -12,7 +12,7 @@ import sys
 import pytest
 
 from conftest import ROOT, free_port
-from test_a2a_sdk_client import _reference_server
+from a2a_agents import reference_server
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
@@ -78,7 +78,7 @@ def test_errors_have_invokes_exit_codes(server):
 
 
 async def test_calls_any_a2a_agent():
-    server, card, handler = await _reference_server()
+    server, card, handler = await reference_server()
     try:
         done = await acli("--target", card.supported_interfaces[0].url, "--stream", "from the sdk")
         assert (done.returncode, done.stdout) == (0, b"from the sdk\n"), done.stderr

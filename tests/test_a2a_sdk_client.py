@@ -10,12 +10,9 @@ from typing import Any, AsyncIterator
 import grpc
 import pytest
 from a2a.client import ClientConfig, ClientFactory
-from a2a.server.request_handlers import DefaultRequestHandler, GrpcHandler
-from a2a.server.tasks import InMemoryTaskStore
 from a2a.types import a2a_pb2 as a2a
-from a2a.types import a2a_pb2_grpc
 from a2a.utils.constants import TransportProtocol
-from a2a_agents import WordsExecutor
+from a2a_agents import reference_server
 from conftest import free_port
 
 State = a2a.TaskState
@@ -45,22 +42,6 @@ class Target:
             await client.close()
 
 
-async def _reference_server() -> tuple[grpc.aio.Server, a2a.AgentCard, DefaultRequestHandler]:
-    server = grpc.aio.server()
-    port = server.add_insecure_port("127.0.0.1:0")
-    card = a2a.AgentCard(
-        name="words", description="streams words", version="1.0",
-        supported_interfaces=[a2a.AgentInterface(url=f"127.0.0.1:{port}", protocol_binding="GRPC",
-                                                 protocol_version="1.0")],
-        capabilities=a2a.AgentCapabilities(streaming=True, push_notifications=False),
-        default_input_modes=["text/plain"], default_output_modes=["text/plain"],
-        skills=[a2a.AgentSkill(id="words", name="words", description="streams words", tags=["words"])])
-    handler = DefaultRequestHandler(WordsExecutor(), InMemoryTaskStore(), card)
-    a2a_pb2_grpc.add_A2AServiceServicer_to_server(GrpcHandler(handler), server)
-    await server.start()
-    return server, card, handler
-
-
 @pytest.fixture(params=["agent-runtime", "a2a-sdk-reference"])
 async def target(request, server_process) -> AsyncIterator[Target]:
     if request.param == "agent-runtime":
@@ -70,7 +51,7 @@ async def target(request, server_process) -> AsyncIterator[Target]:
         yield target
         await target.close()
         return
-    server, card, handler = await _reference_server()
+    server, card, handler = await reference_server()
     target = Target(card=card)
     yield target
     await target.close()
