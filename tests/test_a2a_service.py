@@ -397,3 +397,13 @@ async def test_an_unexpected_failure_is_internal_and_keeps_its_detail_in_the_log
     assert error.code() == grpc.StatusCode.INTERNAL and "store detail" not in error.details()
     assert "store detail" in caplog.text
     await _keeps_serving(stub)
+
+
+async def test_a_draining_server_refuses_new_tasks_as_invoke_does(serve, channel_to):
+    server = await serve()
+    stub = a2a_stub(channel_to(server.address))
+    server.manager.admission.draining = True
+    error = await refused(stub.SendMessage(send("x")))
+    assert error.code() == grpc.StatusCode.UNAVAILABLE
+    [info], _ = details(error)
+    assert (info.reason, info.domain) == ("DRAINING", "agent-runtime")
