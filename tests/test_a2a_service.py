@@ -407,3 +407,28 @@ async def test_a_draining_server_refuses_new_tasks_as_invoke_does(serve, channel
     assert error.code() == grpc.StatusCode.UNAVAILABLE
     [info], _ = details(error)
     assert (info.reason, info.domain) == ("DRAINING", "agent-runtime")
+
+
+async def test_cancel_answers_in_bounded_time_while_the_tasks_caller_reads_nothing(serve, channel_to):
+    async def flood(input: Any):
+        for _ in range(400):
+            yield "x" * 65536
+
+    # The client's flow-control window (a few MB) must fill before the server's writes block,
+    # and the task then holds all that was written: replies of that size must be allowed.
+    size = 64 * 1024 * 1024
+    server = await serve(flood, cancel_grace=0.2, max_message_bytes=size)
+    channel = grpc.aio.insecure_channel(server.address, options=[("grpc.max_receive_message_length", size)])
+    stub = a2a_stub(channel)
+    stalled = stub.SendStreamingMessage(send("go"))
+    task_id = (await stalled.read()).task.id  # then reads no more: the server's writes block
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    answer = await stub.CancelTask(a2a.CancelTaskRequest(id=task_id))
+    assert loop.time() - began < 5
+    assert answer.id == task_id
+    stalled.cancel()
+    await wait_until(lambda: not server.manager.runs, "the run to end")
+    got = await stub.GetTask(a2a.GetTaskRequest(id=task_id))
+    assert got.status.state == State.TASK_STATE_CANCELED
+    await channel.close()

@@ -13,6 +13,8 @@ Push notifications are not offered: those methods answer UNIMPLEMENTED.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import functools
 import hashlib
 from contextlib import aclosing
@@ -39,6 +41,7 @@ SERVICE_NAME = a2a.DESCRIPTOR.services_by_name["A2AService"].full_name
 AGENT_KEY = "agent"  # request metadata key that names the agent when `tenant` does not
 MAX_PAGE_SIZE = 100
 DEFAULT_PAGE_SIZE = 50
+CANCEL_SLACK = 1.0  # seconds CancelTask waits for a cancelled task beyond the agent's cancel_grace
 
 
 def caller(context: grpc.aio.ServicerContext) -> str:
@@ -67,6 +70,8 @@ def _answers(method: Any) -> Any:
         except (AgentRuntimeError, A2AError) as exc:
             await abort(context, exc)
         except Exception as exc:
+            if context.done():  # gRPC ended the call (its client left): nothing to report
+                raise asyncio.CancelledError from None
             await abort(context, unexpected(exc))
 
     return answer
@@ -216,7 +221,10 @@ class A2AServicer:
             await self.tasks.put(record)
         else:
             self.manager.cancel_run(runner.run_id)
-            await record.wait_idle()  # bounded: the agent ends or is abandoned after cancel_grace
+            # The agent ends or is abandoned within cancel_grace; the task ends when the call
+            # that runs it has written the run's last events (it may wait on its client).
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(record.wait_idle(), self.manager.cancel_grace + CANCEL_SLACK)
         return record.snapshot()
 
     @_answers
