@@ -137,6 +137,18 @@ def test_the_config_file_is_what_the_server_loads(tmp_path):
     assert [type(agent).__name__ for agent in agents] == ["SlowAgent", "AgentSpec"]
     assert main["envFrom"] == [{"secretRef": {"name": "llm-keys"}}]
     assert {"name": "OTEL_SERVICE_NAME", "value": "agents"} in main["env"]
+    assert cfg.a2a and cfg.a2a_url == f"{FULLNAME}.{NAMESPACE}.svc:6000"
+
+
+def test_the_a2a_card_names_the_service_unless_told_otherwise():
+    def a2a_url(values):
+        return yaml.safe_load(config_file(objects(values)))["server"]["a2a_url"]
+
+    assert a2a_url({}) == f"{FULLNAME}.{NAMESPACE}.svc:50051"
+    assert a2a_url({"server": {"a2a_url": "agents.example.com:443"}}) == "agents.example.com:443"
+    notes = render()["agent-runtime/templates/NOTES.txt"]
+    assert f"http://{FULLNAME}.{NAMESPACE}.svc:9464/.well-known/agent-card.json" in notes
+    assert "agent-card.json" not in render({"server": {"a2a": False}})["agent-runtime/templates/NOTES.txt"]
 
 
 def test_config_changes_roll_the_pods():

@@ -20,7 +20,8 @@ async def test_list_describe_invoke_health(serve, grpcurl):
     address = server.address
     services = (await grpcurl_run(grpcurl, address, "list")).split()
     assert services == ["agent_runtime.v1.AgentRuntime", "grpc.health.v1.Health",
-                        "grpc.reflection.v1alpha.ServerReflection", "redpanda.runtime.v1alpha1.AgentRuntime",
+                        "grpc.reflection.v1alpha.ServerReflection", "lf.a2a.v1.A2AService",
+                        "redpanda.runtime.v1alpha1.AgentRuntime",
                         "redpanda.runtime.v1alpha1.Runtime"]
     described = await grpcurl_run(grpcurl, address, "describe", "agent_runtime.v1.AgentRuntime")
     assert "rpc InvokeStream ( .agent_runtime.v1.InvokeRequest ) returns ( stream .agent_runtime.v1.InvokeEvent )" in described
@@ -58,6 +59,7 @@ async def test_describe_answers_a_method_of_every_served_service(serve, grpcurl)
         "grpc.reflection.v1alpha.ServerReflection.ServerReflectionInfo": "rpc ServerReflectionInfo ( stream",
         "redpanda.runtime.v1alpha1.AgentRuntime.InvokeAgent": "rpc InvokeAgent (",
         "redpanda.runtime.v1alpha1.Runtime.InvokeAgent": "rpc InvokeAgent (",
+        "lf.a2a.v1.A2AService.SendMessage": "rpc SendMessage ( .lf.a2a.v1.SendMessageRequest )",
     }
     services = set((await grpcurl_run(grpcurl, address, "list")).split())
     assert services == {method.rsplit(".", 1)[0] for method in methods}

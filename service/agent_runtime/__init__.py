@@ -5,7 +5,7 @@ from .agent import Agent, AgentSpec, as_agent
 from .builder import AgentBuilder
 from .config import ConfigError, ServerConfig
 from .context import RunContext, current_run, emit_chunk, emit_event
-from .errors import (AgentError, AgentNotFound, AgentRuntimeError, Draining, InvalidInput,
+from .errors import (AgentError, AgentNotFound, AgentRuntimeError, Draining, InputRequired, InvalidInput,
                      MaxTurnsExceeded, Overloaded, ProviderRejected, ProviderUnavailable, RunCancelled,
                      RunTimeout, ServerMisconfigured, Unauthenticated)
 from .events import EventSink, EventType, RunEvent, RunStatus
@@ -21,7 +21,7 @@ from .tools import Tool, tool
 __all__ = [
     "Agent", "AgentBuilder", "AgentError", "AgentHooks", "AgentNotFound", "AgentRuntimeError", "AgentSpec",
     "Blob", "ConfigError", "Draining", "EventSink", "EventType", "HistoryStore", "InMemoryHistory",
-    "InvalidInput", "MCPServer", "MaxTurnsExceeded", "Overloaded",
+    "InputRequired", "InvalidInput", "MCPServer", "MaxTurnsExceeded", "Overloaded",
     "ProviderRejected", "ProviderUnavailable", "RunCancelled", "RunContext", "RunEvent", "RunStatus",
     "RunTimeout", "Runner", "RuntimeServer", "ServerConfig", "ServerMisconfigured", "Session", "SessionManager",
     "Tool", "Unauthenticated", "as_agent", "current_run", "emit_chunk", "emit_event", "serve_main", "tool",

@@ -1,4 +1,5 @@
-"""`agent-runtime invoke | agents | health`: the Python client from a shell.
+"""`agent-runtime invoke | agents | health | a2a`: the Python client from a shell
+(`a2a`, any A2A agent over gRPC, is in a2a_cli.py).
 
 Exit codes: 0 ok; 1 the call or the run failed (status name and message on
 stderr); 2 usage (bad flags, unreadable input file, invalid JSON); 3 the server
@@ -18,11 +19,12 @@ from typing import Any
 
 import grpc
 
+from . import a2a_cli
 from .client import CallError, ClientConfig, SyncAgentRuntimeClient
 from .payload import Blob
 
 PROG = "agent-runtime"
-COMMANDS = ("invoke", "agents", "health")
+COMMANDS = ("invoke", "agents", "health", "a2a")
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNAVAILABLE, EXIT_UNAUTHENTICATED = 0, 1, 2, 3, 4
 EXIT_CODES = {
     grpc.StatusCode.UNAVAILABLE: EXIT_UNAVAILABLE,
@@ -67,7 +69,11 @@ def add_commands(commands: Any) -> None:
     agents.add_argument("--json", action="store_true", help="print JSON instead of a table")
     health = commands.add_parser("health", help="check a server's health (exit 0 when SERVING)", epilog=EPILOG)
     health.add_argument("--service", default="", help="service to check (default: the whole server)")
-    for parser, timeout in ((invoke, None), (agents, 10.0), (health, 5.0)):
+    a2a = commands.add_parser("a2a", help="send a message to any A2A agent over gRPC and print its answer",
+                              epilog=EPILOG, description="Send a message to an A2A agent (lf.a2a.v1.A2AService, "
+                              "this server's or any other) with the a2a-sdk client; needs agent-runtime[a2a].")
+    a2a_cli.add_arguments(a2a)
+    for parser, timeout in ((invoke, None), (agents, 10.0), (health, 5.0), (a2a, None)):
         _add_connection_flags(parser)
         parser.add_argument("--max-attempts", type=int, choices=range(1, 6), default=ClientConfig.max_attempts,
                             metavar="N",
@@ -99,6 +105,8 @@ def run(args: argparse.Namespace) -> int:
     """Run a client command; returns the exit status."""
     try:
         config = client_config(args)
+        if args.command == "a2a":
+            return a2a_cli.run(args, config)
         command = {"invoke": _invoke, "agents": _agents, "health": _health}[args.command]
         with SyncAgentRuntimeClient(config=config) as client:
             return command(client, args)

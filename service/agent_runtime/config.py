@@ -87,6 +87,12 @@ class ServerConfig:
     log_level: str = _opt("info", "debug, info, warning or error")
     log_format: str = _opt("text", "log lines as text or json (one object a line)")
     metrics_port: int = _opt(9464, "port of the Prometheus /metrics endpoint; 0 disables it", minimum=0)
+    a2a: bool = _opt(True, "serve A2A's gRPC binding (lf.a2a.v1.A2AService) for every agent, and its agent card "
+                     "at /.well-known/agent-card.json on the metrics port (needs the agent-runtime[a2a] extra)")
+    a2a_url: str = _opt("", "host:port A2A clients reach the gRPC port at, as the agent card gives it (the "
+                        "Kubernetes Service's address); default this host and the bound port")
+    a2a_max_tasks: int = _opt(1000, "A2A tasks kept for GetTask and ListTasks after their runs end (least "
+                              "recently updated dropped first)", minimum=1)
     history_max_sessions: int = _opt(10_000, "conversations kept in memory (least recently used "
                                      "dropped first)", minimum=1)
     history_max_messages: int = _opt(100, "messages kept per conversation (oldest whole turns "

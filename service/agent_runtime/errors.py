@@ -104,5 +104,11 @@ class ProviderRejected(AgentRuntimeError):
     """The model provider rejected the request as invalid."""
 
 
+class InputRequired(AgentRuntimeError):
+    """The agent needs more from its caller before it can go on: `message` is its
+    question. Over A2A the task waits in `input-required` and the caller's next message
+    to the task continues the conversation; over Invoke it is FAILED_PRECONDITION."""
+
+
 class MaxTurnsExceeded(AgentError):
     """The model kept asking for tools past the agent's `max_turns`."""

@@ -16,7 +16,7 @@ import math
 import time
 from bisect import bisect_left
 from itertools import accumulate
-from typing import TYPE_CHECKING, Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
 
 import grpc
 from prometheus_client import CollectorRegistry
@@ -313,8 +313,11 @@ class MetricsEndpoint:
     on the event loop (and a busy loop never delays a scrape); bounded against slow and
     idle clients (metrics_http.py)."""
 
-    def __init__(self, registry: CollectorRegistry, host: str, port: int) -> None:
+    def __init__(self, registry: CollectorRegistry, host: str, port: int,
+                 documents: Mapping[str, tuple[str, bytes]] | None = None) -> None:
+        """`documents` are served beside /metrics: path -> (content type, body)."""
         self.registry = registry
+        self.documents = dict(documents or {})
         self.host = host.strip("[]")
         self.port = port
         self._server: MetricsHTTPServer | None = None
@@ -322,7 +325,7 @@ class MetricsEndpoint:
     def start(self) -> int:
         """Listen and serve; returns the bound port."""
         try:
-            self._server = MetricsHTTPServer(self.registry, self.host, self.port)
+            self._server = MetricsHTTPServer(self.registry, self.host, self.port, documents=self.documents)
         except OSError as exc:
             raise OSError(f"cannot serve metrics on {self.host}:{self.port}: {exc}") from None
         self._server.start()

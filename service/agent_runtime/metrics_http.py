@@ -15,7 +15,7 @@ import selectors
 import socket
 import threading
 import time
-from typing import Any
+from typing import Any, Mapping
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -41,8 +41,12 @@ class MetricsHTTPServer:
     """Serves `registry` on `host:port` (0: a free port) until `stop()`."""
 
     def __init__(self, registry: Any, host: str, port: int, *, timeout: float = TIMEOUT,
-                 max_connections: int = MAX_CONNECTIONS) -> None:
+                 max_connections: int = MAX_CONNECTIONS,
+                 documents: Mapping[str, tuple[str, bytes]] | None = None) -> None:
+        """`documents` are fixed bodies served beside /metrics: path -> (content type, body)
+        (the A2A agent card)."""
         self.registry = registry
+        self.documents = {path.encode(): document for path, document in (documents or {}).items()}
         self.timeout = timeout
         self.max_connections = max_connections
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -130,7 +134,10 @@ class MetricsHTTPServer:
         content_type, body = "text/plain; charset=utf-8", b""
         if method not in (b"GET", b"HEAD"):
             status, body = "405 Method Not Allowed", b"only GET /metrics\n"
-        elif target.split(b"?", 1)[0] not in (b"/metrics", b"/"):
+        elif (path := target.split(b"?", 1)[0]) in self.documents:
+            status = "200 OK"
+            content_type, body = self.documents[path]
+        elif path not in (b"/metrics", b"/"):
             status, body = "404 Not Found", b"see /metrics\n"
         else:
             status, content_type, body = "200 OK", CONTENT_TYPE_LATEST, generate_latest(self.registry)

@@ -65,7 +65,9 @@ itself controls are refused here, with where to set them instead. */}}
 {{- fail (printf "server.%s cannot be set: %s" $key $advice) }}
 {{- end }}
 {{- end }}
-{{- dict "server" .Values.server "agents" .Values.agents | toYaml }}
+{{- $a2aURL := printf "%s.%s.svc:%v" (include "agent-runtime.fullname" .) .Release.Namespace .Values.ports.grpc }}
+{{- $server := merge (deepCopy .Values.server) (dict "a2a_url" $a2aURL) }}
+{{- dict "server" $server "agents" .Values.agents | toYaml }}
 {{- end }}
 
 {{/* Seconds before SIGKILL: the preStop sleep, the drain, the cancel grace and slack. */}}

@@ -128,6 +128,8 @@ class RuntimeServer:
         self.run_log = RunLogSink()
         manager.add_sink(self.run_log)
         self.metrics: MetricsEndpoint | None = None
+        self.a2a_card: Any = None  # A2A's agent card and tasks, once started with A2A on
+        self.a2a_tasks: Any = None
         self.health = health_aio.HealthServicer()
         self.services: list[str] = [SERVICE_NAME]
         self.port: int | None = None
@@ -198,6 +200,12 @@ class RuntimeServer:
                 self.services.append(service)
             for service, stand_ins in redpanda.unread_handlers(redpanda_servicer).items():
                 registrar.add_gates(service, self.manager.admission, stand_ins)
+        a2a_servicer = self._a2a_servicer()
+        if a2a_servicer is not None:
+            from . import a2a
+
+            registrar.add_registered_method_handlers(a2a.SERVICE_NAME, a2a.method_handlers(a2a_servicer))
+            self.services.append(a2a.SERVICE_NAME)
         if cfg.plugin_handshake:
             registrar.add_registered_method_handlers(
                 PLUGIN_CONTROLLER_SERVICE, {"Shutdown": grpc.unary_unary_rpc_method_handler(self._plugin_shutdown)})
@@ -216,8 +224,15 @@ class RuntimeServer:
                 self.port = server.add_secure_port(f"{host}:{cfg.port}", credentials)
         except RuntimeError as exc:
             raise OSError(f"cannot listen on {host}:{cfg.port}: {exc}") from None
+        documents = {}
+        if a2a_servicer is not None:
+            from .a2a_card import WELL_KNOWN_PATH, agent_card, card_json, interface_url
+
+            a2a_servicer.card = self.a2a_card = agent_card(self.manager.agents, interface_url(cfg, self.port),
+                                                           token_auth=bool(cfg.auth_token or cfg.auth_token_file))
+            documents[WELL_KNOWN_PATH] = ("application/json", card_json(self.a2a_card))
         if self.registry is not None and cfg.metrics_port:
-            self.metrics = MetricsEndpoint(self.registry, cfg.host, cfg.metrics_port)
+            self.metrics = MetricsEndpoint(self.registry, cfg.host, cfg.metrics_port, documents)
             try:
                 self.metrics.start()
             except OSError:
@@ -246,6 +261,20 @@ class RuntimeServer:
                                                     tracer_provider=self.tracer_provider)
         except AgentRuntimeError as exc:
             raise ConfigError(f"redpanda_agent: {exc.message}") from None
+
+    def _a2a_servicer(self) -> Any:
+        """A2A's servicer (its card is made once the port is bound), unless switched off or
+        the a2a-sdk (the agent-runtime[a2a] extra) is not installed."""
+        if not self.config.a2a:
+            return None
+        try:
+            from .a2a import A2AServicer
+            from .a2a_tasks import RecentTasks
+        except ImportError as exc:
+            logger.info("A2A is not served: %s (install agent-runtime[a2a])", exc)
+            return None
+        self.a2a_tasks = RecentTasks(self.config.a2a_max_tasks)
+        return A2AServicer(self.manager, None, self.a2a_tasks)
 
     async def _plugin_shutdown(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         """go-plugin's graceful stop (`plugin.GRPCController/Shutdown`): drain, as on SIGTERM."""

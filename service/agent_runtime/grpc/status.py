@@ -7,10 +7,10 @@ import logging
 
 import grpc
 
-from ..errors import (AgentError, AgentNotFound, AgentRuntimeError, Draining, EventsExpired, InvalidInput,
-                      Overloaded, PermissionDenied, ProviderRejected, ProviderUnavailable, RunCancelled, RunLost,
-                      RunNotFound, RunTimeout, ServerMisconfigured, StoreRequired, StoreUnavailable, StreamOverflow,
-                      TooLarge, Unauthenticated)
+from ..errors import (AgentError, AgentNotFound, AgentRuntimeError, Draining, EventsExpired, InputRequired,
+                      InvalidInput, Overloaded, PermissionDenied, ProviderRejected, ProviderUnavailable, RunCancelled,
+                      RunLost, RunNotFound, RunTimeout, ServerMisconfigured, StoreRequired, StoreUnavailable,
+                      StreamOverflow, TooLarge, Unauthenticated)
 
 logger = logging.getLogger("agent_runtime.grpc")
 
@@ -38,6 +38,7 @@ STATUS_CODES: dict[type[AgentRuntimeError], grpc.StatusCode] = {
     StoreRequired: grpc.StatusCode.FAILED_PRECONDITION,
     RunLost: grpc.StatusCode.UNAVAILABLE,
     EventsExpired: grpc.StatusCode.OUT_OF_RANGE,
+    InputRequired: grpc.StatusCode.FAILED_PRECONDITION,
 }
 
 
