@@ -71,8 +71,8 @@ async def test_max_concurrent_streams_bounds_calls_per_connection(serve, limit):
 
 def test_max_concurrent_streams_is_bounded_by_default():
     """Unlimited, one connection's HEADERS-only streams took a server past 500 MB (issue 30)."""
-    assert ServerConfig().max_concurrent_streams == 100
-    assert ("grpc.max_concurrent_streams", 100) in RuntimeServer(config=ServerConfig()).grpc_options()
+    assert ServerConfig().max_concurrent_streams == 1000
+    assert ("grpc.max_concurrent_streams", 1000) in RuntimeServer(config=ServerConfig()).grpc_options()
 
 
 @pytest.mark.parametrize("streaming", [False, True])

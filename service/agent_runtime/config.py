@@ -59,7 +59,7 @@ class ServerConfig:
     keepalive_permit_interval: float = _opt(10.0, "shortest interval at which clients may send keepalive "
                                             "pings (also without calls) before the server calls it abuse",
                                             minimum=0)
-    max_concurrent_streams: int = _opt(100, "calls one client connection may have open at once (HTTP/2 "
+    max_concurrent_streams: int = _opt(1000, "calls one client connection may have open at once (HTTP/2 "
                                        "SETTINGS_MAX_CONCURRENT_STREAMS; calls over it are refused with "
                                        "UNAVAILABLE); 0 = no limit, which lets one connection hold "
                                        "unbounded memory", minimum=0)

@@ -35,7 +35,7 @@ from .a2a_status import abort
 from .a2a_tasks import TERMINAL, State, TaskRecord, TaskStore
 from .instrument import invocation_metadata
 from .servicer import _timeout
-from .status import unexpected
+from .status import unexpected, write
 
 SERVICE_NAME = a2a.DESCRIPTOR.services_by_name["A2AService"].full_name
 AGENT_KEY = "agent"  # request metadata key that names the agent when `tenant` does not
@@ -181,7 +181,7 @@ class A2AServicer:
         """The task, then its updates as its run goes."""
         async with aclosing(self._exchange(request, context, [])) as responses:
             async for response in responses:
-                await context.write(response)
+                await write(context, response)
 
     @_answers
     async def GetTask(self, request: Any, context: grpc.aio.ServicerContext) -> a2a.Task:
@@ -235,7 +235,7 @@ class A2AServicer:
                                             "to follow; GetTask gives its state")
         async with aclosing(record.subscribe()) as responses:
             async for response in responses:
-                await context.write(response)
+                await write(context, response)
 
     async def GetExtendedAgentCard(self, request: Any, context: grpc.aio.ServicerContext) -> a2a.AgentCard:
         return self.card

@@ -30,7 +30,7 @@ from . import messages
 from .redpanda_messages import failed_message, message_input, message_metadata, output_message
 from .redpanda_trace import SpanCollector, recorder
 from .servicer import _timeout, unread
-from .status import RUN_ID_KEY, abort, unexpected
+from .status import RUN_ID_KEY, abort, abort_unexpected
 
 AGENT_RUNTIME_SERVICE = pb.DESCRIPTOR.services_by_name["AgentRuntime"].full_name
 RUNTIME_SERVICE = runtime_pb2.DESCRIPTOR.services_by_name["Runtime"].full_name
@@ -88,7 +88,7 @@ class RedpandaRuntimeServicer:
         except AgentRuntimeError as exc:
             await abort(context, exc)
         except Exception as exc:
-            await abort(context, unexpected(exc, runner.run_id if runner is not None else ""))
+            await abort_unexpected(context, exc, runner.run_id if runner is not None else "")
 
 
 def _ran(runner: Runner) -> bool:

@@ -22,7 +22,7 @@ from ..store.idempotency import Claims, MemoryClaims, held_by, holder
 from ..store.runs import MemoryRuns, RunRecord, RunRegistry
 from ..store.streams import RedisEvents
 from . import auth, messages
-from .status import abort, unexpected
+from .status import abort, abort_unexpected, write
 
 logger = logging.getLogger("agent_runtime.grpc")
 
@@ -182,7 +182,7 @@ class AgentRuntimeServicer:
         except AgentRuntimeError as exc:
             await abort(context, exc)
         except Exception as exc:
-            await abort(context, unexpected(exc, runner.run_id if runner is not None else ""))
+            await abort_unexpected(context, exc, runner.run_id if runner is not None else "")
 
     async def InvokeStream(self, request: Any, context: grpc.aio.ServicerContext) -> None:
         runner = None
@@ -190,13 +190,13 @@ class AgentRuntimeServicer:
             async with self._run(request, context, streamed=True) as runner:
                 async for batch in runner.event_batches():
                     for event in batch:
-                        await context.write(messages.event_message(event))
+                        await write(context, messages.event_message(event))
                 if runner.status is not RunStatus.OK:
                     await runner.result()  # raises the run's error, for its status code
         except AgentRuntimeError as exc:
             await abort(context, exc)
         except Exception as exc:
-            await abort(context, unexpected(exc, runner.run_id if runner is not None else ""))
+            await abort_unexpected(context, exc, runner.run_id if runner is not None else "")
 
     async def ListAgents(self, request: Any, context: grpc.aio.ServicerContext) -> pb.ListAgentsResponse:
         return pb.ListAgentsResponse(agents=[messages.agent_info(spec) for spec in self.manager.agents.values()])
@@ -241,7 +241,7 @@ class AgentRuntimeServicer:
             record = await self._record(request)
             after = request.after_seq if request.HasField("after_seq") else -1
             async for event in self.events.watch(record, after, lambda: self.runs.get(record.run_id)):
-                await context.write(event)
+                await write(context, event)
         except AgentRuntimeError as exc:
             await abort(context, exc)
 

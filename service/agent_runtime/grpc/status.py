@@ -94,6 +94,28 @@ async def abort(context: grpc.aio.ServicerContext, exc: AgentRuntimeError) -> No
         raise asyncio.CancelledError from None
 
 
+async def write(context: grpc.aio.ServicerContext, message: object) -> None:
+    """`context.write` for streamed replies. gRPC reports a call whose client has left
+    (or reset it) as a failed write, sometimes before `context.done()` says so: that is
+    the caller gone, so the call is cancelled (its run ends cancelled, as when the
+    caller leaves between writes), not logged as a failure of the runtime."""
+    try:
+        await context.write(message)
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        raise asyncio.CancelledError from None
+
+
+async def abort_unexpected(context: grpc.aio.ServicerContext, exc: Exception, run_id: str = "") -> None:
+    """End the call for a failure of the runtime itself (`unexpected`); raises. A call
+    gRPC has already ended (its client left while a message was on its way, which gRPC
+    reports as a failed write) is cancelled, not logged as the runtime's failure."""
+    if context.done():
+        raise asyncio.CancelledError
+    await abort(context, unexpected(exc, run_id))
+
+
 def unexpected(exc: Exception, run_id: str = "") -> AgentError:
     """A failure of the runtime itself as the caller sees it: a safe message and the
     run id; the stack goes to the log (never to the caller)."""
