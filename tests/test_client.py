@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
 import grpc
 import pytest
@@ -15,6 +16,7 @@ from conftest import wait_until
 from agent_runtime import Blob, SessionManager
 from agent_runtime.client import (AgentRuntimeClient, CallError, ClientConfig, RunResult,
                                   SyncAgentRuntimeClient)
+from agent_runtime._proto.agent_runtime.v1 import runtime_pb2
 from agent_runtime.grpc.servicer import SERVICE_NAME, AgentRuntimeServicer, method_handlers
 
 
@@ -284,3 +286,42 @@ async def test_sync_stream_abandoned_midway_ends_the_run(serve):
             return client.invoke("0", timeout=30).output  # admitted: the only slot is free again
 
     assert await asyncio.to_thread(abandon) == "slept 0s"
+
+
+async def test_every_invoke_carries_its_own_idempotency_key():
+    """A retry of the same call resends the same request, so a key made per call can only
+    ever attach the retry to the call's own run."""
+    keys: list[str] = []
+
+    async def invoke(request: Any, context: Any) -> runtime_pb2.InvokeResponse:
+        keys.append(request.idempotency_key)
+        return runtime_pb2.InvokeResponse(run_id="r", output=runtime_pb2.Payload(text="ok"))
+
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler("agent_runtime.v1.AgentRuntime", {
+        "Invoke": grpc.unary_unary_rpc_method_handler(
+            invoke, request_deserializer=runtime_pb2.InvokeRequest.FromString,
+            response_serializer=runtime_pb2.InvokeResponse.SerializeToString)})])
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        async with AgentRuntimeClient(f"127.0.0.1:{port}") as client:
+            await client.invoke("a")
+            await client.invoke("b")
+            await client.invoke("c", idempotency_key="mine")
+            await client.invoke("d", idempotency_key="")
+    finally:
+        await server.stop(None)
+    assert len(keys[0]) == 32 and len(keys[1]) == 32 and keys[0] != keys[1]
+    assert keys[2:] == ["mine", ""]
+
+
+async def test_a_repeated_key_attaches_to_the_first_run(serve, capfd):
+    server = await serve(interop_agents.flaky_provider)
+    async with AgentRuntimeClient(server.address) as client:
+        with pytest.raises(CallError) as first:
+            await client.invoke("once", idempotency_key="k-1")
+        with pytest.raises(CallError) as again:
+            await client.invoke("once", idempotency_key="k-1")
+    assert first.value.run_id and again.value.run_id == first.value.run_id
+    assert capfd.readouterr().err.count("ran once") == 1

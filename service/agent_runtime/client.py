@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, AsyncIterator, Iterator, Mapping
@@ -275,10 +276,16 @@ class AgentRuntimeClient:
 
     async def invoke(self, input: Any, *, agent: str = "", session_id: str = "", user_id: str = "",
                      metadata: Mapping[str, str] | None = None, timeout: float | None = None,
-                     run_timeout: float | None = None) -> RunResult:
-        """Run an agent and return its result; `timeout` is the call's deadline in seconds."""
+                     run_timeout: float | None = None, idempotency_key: str | None = None) -> RunResult:
+        """Run an agent and return its result; `timeout` is the call's deadline in seconds.
+
+        Every call carries an idempotency key, a new random one unless `idempotency_key`
+        names one (`""` sends none): a retry of the call (gRPC's, of a refusal or a broken
+        connection) can then only attach to the run the call started, never start a second.
+        Pass the same key again to repeat a call safely, from another client too."""
         request = invoke_request(input, agent=agent, session_id=session_id, user_id=user_id,
                                  metadata=metadata, run_timeout=run_timeout)
+        request.idempotency_key = uuid.uuid4().hex if idempotency_key is None else idempotency_key
         try:
             return run_result(await self._stub.Invoke(request, timeout=timeout, metadata=self._metadata))
         except grpc.RpcError as exc:
